@@ -1,0 +1,625 @@
+"""The daemon: builds the controller, store and OCPP adapter around the drivers, and runs one
+asyncio task per concern under a TaskGroup.
+
+Safety path: a pilot or RCD change reaches ``_hardware_changed`` through the driver's listener
+(``call_soon_threadsafe``), the controller decides synchronously, and ``_apply`` commands the
+contactor before anything else runs; nothing on that path awaits the network, the disk or the
+meter. A 50 ms safety loop re-reads every input as a backstop and runs the controller's timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from drivers.protocols import CpState, MeterError, MeterReading, PilotOutput, ReaderError
+
+from .auth import Authorizer, AuthSettings
+from .charger import (
+    Action,
+    AuthorizationExpired,
+    AvailabilityChanged,
+    CardDecision,
+    Charger,
+    ChargerSettings,
+    ConnectorSpec,
+    ConnectorView,
+    Fault,
+    SetContactor,
+    SetLock,
+    SetPilot,
+    StatusChanged,
+    StopReason,
+    TransactionStarted,
+    TransactionStopped,
+)
+from .clock import Clock, SystemClock
+from .config import Config
+from .control import ControlError, ControlServer
+from .hardware import Hardware
+from .iec61851 import X1_OPEN_UNDER_LOAD_S
+from .ocpp16.adapter import OcppAdapter16
+from .ocpp_keys import OcppConfiguration
+from .ports import AvailabilityResult, ResetKind, UnlockResult
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+SAFETY_INTERVAL_S = 0.05
+METER_INTERVAL_S = 1.0
+METER_TIMEOUT_S = 3.0
+TEMPERATURE_HYSTERESIS_C = 5.0
+# How long a stop or reset waits for queued transaction messages to reach the CSMS.
+SOFT_RESET_FLUSH_S = 10.0
+HARD_RESET_FLUSH_S = 2.0
+SHUTDOWN_FLUSH_S = 3.0
+
+Narrator = Callable[[str, str, dict[str, Any]], None]
+
+
+class RunOutcome(enum.Enum):
+    STOPPED = "stopped"
+    SOFT_RESET = "soft-reset"
+    HARD_RESET = "hard-reset"
+
+
+class _Stop(Exception):
+    """Raised inside the task group to end the run."""
+
+
+class App:
+    """One run of the daemon on a set of drivers (a reset ends the run; the caller rebuilds)."""
+
+    def __init__(
+        self,
+        config: Config,
+        hardware: Hardware,
+        *,
+        clock: Clock | None = None,
+        narrator: Narrator | None = None,
+    ) -> None:
+        self.config = config
+        self.hardware = hardware
+        self.clock: Clock = clock or SystemClock()
+        self._narrator = narrator
+        self.store = Store(config.storage.state_dir)
+        self.keys = OcppConfiguration.for_connectors(len(config.connectors))
+        self.charger = Charger(
+            [
+                ConnectorSpec(
+                    c.id,
+                    c.max_current_a,
+                    c.phases,
+                    pwm_resolution_percent=hardware.connectors[c.id].pilot.duty_resolution_percent,
+                    has_lock=hardware.connectors[c.id].lock is not None,
+                )
+                for c in config.connectors
+            ],
+            self.clock,
+            ChargerSettings(),
+        )
+        self.authorizer = Authorizer(self.clock, AuthSettings())
+        self.adapter = OcppAdapter16(
+            station=config.station,
+            ocpp_section=config.ocpp,
+            port=self,
+            keys=self.keys,
+            authorizer=self.authorizer,
+            clock=self.clock,
+            persist_key=self._persist_key,
+            narrator=narrator,
+        )
+        self.control = ControlServer(config.control.socket, self)
+        self._events: asyncio.Queue[Action] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stop = asyncio.Event()
+        self.outcome = RunOutcome.STOPPED
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._temperature_checked = 0.0
+        self._meter_ok: dict[int, bool] = {}
+        self.started = asyncio.Event()
+        self.safety_alive_at = time.monotonic()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def request_stop(self, outcome: RunOutcome = RunOutcome.STOPPED) -> None:
+        self.outcome = outcome
+        self._stop.set()
+
+    async def run(self) -> RunOutcome:
+        self._loop = asyncio.get_running_loop()
+        self.hardware.safe_state()  # whatever happened before, open first
+        try:
+            await self.store.open()
+            await self._load_state()
+            for connector_id in self.charger.connectors:
+                await self._read_meter(connector_id)
+                self._read_inputs(connector_id)
+            self.charger.start()
+            self._apply(self.charger.drain())
+            self._install_listeners()
+            await self.control.start()
+            self.started.set()
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._wait_for_stop())
+                    tasks.create_task(self._safety_loop())
+                    tasks.create_task(self._forward_events())
+                    tasks.create_task(self.adapter.run())
+                    for connector_id in self.charger.connectors:
+                        tasks.create_task(self._meter_loop(connector_id))
+                    if self.hardware.reader is not None:
+                        tasks.create_task(self._reader_loop())
+            except* _Stop:
+                pass
+        finally:
+            self._remove_listeners()
+            self.hardware.safe_state()
+            for task in list(self._tasks):
+                task.cancel()
+            await self.control.close()
+            await self.store.close()
+        return self.outcome
+
+    async def _wait_for_stop(self) -> None:
+        await self._stop.wait()
+        if self.outcome is RunOutcome.STOPPED:
+            await self._stop_transactions(StopReason.REBOOT, SHUTDOWN_FLUSH_S)
+        raise _Stop
+
+    async def _stop_transactions(self, reason: StopReason, flush_s: float) -> None:
+        self.charger.stop_all(reason)
+        self._apply(self.charger.drain())
+        # Let the forwarder hand the StopTransactions to the adapter, then let them go out.
+        deadline = time.monotonic() + flush_s
+        while not self._events.empty() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await self.adapter.flush(max(0.0, deadline - time.monotonic()))
+
+    async def _load_state(self) -> None:
+        for name, value in self.config.ocpp.initial_configuration().items():
+            self.keys.set_initial(name, value)
+        persisted = await self.store.get_all("ocpp_config")
+        ignored = self.keys.load({k: str(v) for k, v in persisted.items()})
+        for name in ignored:
+            log.warning("ignoring stored OCPP configuration value for %s", name)
+        self.configuration_changed("*")
+        availability = await self.store.get_all("availability")
+        for key, operative in availability.items():
+            connector_id = int(key)
+            if connector_id in self.charger.connectors and operative is False:
+                self.charger.set_operative(connector_id, False)
+        self.charger.drain()  # nothing has been commanded yet: start() drives everything
+
+    async def _persist_key(self, key: str, value: str) -> None:
+        await self.store.put("ocpp_config", key, value)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    # --- the safety path --------------------------------------------------------------------
+
+    def _install_listeners(self) -> None:
+        loop = asyncio.get_running_loop()
+        for connector_id, hw in self.hardware.connectors.items():
+
+            def changed(cid: int = connector_id) -> None:
+                # Drivers may call from any thread and from inside their own methods: only
+                # schedule, never act re-entrantly.
+                loop.call_soon_threadsafe(self._hardware_changed, cid)
+
+            hw.pilot.set_listener(changed)
+            if hw.rcd is not None:
+                hw.rcd.set_listener(changed)
+
+    def _remove_listeners(self) -> None:
+        for hw in self.hardware.connectors.values():
+            hw.pilot.set_listener(None)
+            if hw.rcd is not None:
+                hw.rcd.set_listener(None)
+
+    def _hardware_changed(self, connector_id: int) -> None:
+        if self._stop.is_set() and not self.started.is_set():
+            return
+        self._read_inputs(connector_id)
+        self._apply(self.charger.drain())
+
+    def _read_inputs(self, connector_id: int) -> None:
+        hw = self.hardware.connectors[connector_id]
+        self.charger.on_pilot(connector_id, hw.pilot.read())
+        if hw.rcd is not None:
+            self.charger.set_fault(connector_id, Fault.RCD, hw.rcd.tripped())
+        self.charger.check_contactor_feedback(connector_id, hw.contactor.feedback_closed())
+
+    def _apply(self, actions: list[Action]) -> None:
+        """Carry out the controller's actions: hardware now, everything else in order later."""
+        for action in actions:
+            if isinstance(action, SetContactor):
+                self.hardware.connectors[action.connector_id].contactor.set_closed(action.closed)
+                self.narrate(
+                    "hw", "contactor", {"connector": action.connector_id, "closed": action.closed}
+                )
+            elif isinstance(action, SetPilot):
+                pilot = self.hardware.connectors[action.connector_id].pilot
+                if action.output is PilotOutput.PWM:
+                    pilot.set_pwm(action.duty_percent)
+                elif action.output is PilotOutput.STEADY:
+                    pilot.set_steady()
+                else:
+                    pilot.set_state_f()
+                self.narrate(
+                    "hw",
+                    "pilot",
+                    {
+                        "connector": action.connector_id,
+                        "output": action.output.value,
+                        "duty_percent": round(action.duty_percent, 2),
+                    },
+                )
+            elif isinstance(action, SetLock):
+                self._spawn(self._drive_lock(action.connector_id, action.locked))
+            else:
+                self._events.put_nowait(action)
+
+    async def _safety_loop(self) -> None:
+        while True:
+            for connector_id in self.charger.connectors:
+                self._read_inputs(connector_id)
+            now = time.monotonic()
+            if now - self._temperature_checked >= 1.0:
+                self._temperature_checked = now
+                self._check_temperatures()
+            self.charger.tick()
+            self._apply(self.charger.drain())
+            self.safety_alive_at = now
+            await asyncio.sleep(SAFETY_INTERVAL_S)
+
+    def _check_temperatures(self) -> None:
+        for connector_config in self.config.connectors:
+            sensor = self.hardware.connectors[connector_config.id].temperature
+            if sensor is None:
+                continue
+            temperature_c = sensor.read_c()
+            limit_c = connector_config.max_temperature_c
+            faulted = Fault.OVERTEMP in self.charger.connector(connector_config.id).faults
+            # Hysteresis: a relay at the limit must not chatter between charging and not.
+            threshold = limit_c - TEMPERATURE_HYSTERESIS_C if faulted else limit_c
+            self.charger.set_fault(connector_config.id, Fault.OVERTEMP, temperature_c >= threshold)
+
+    async def _drive_lock(self, connector_id: int, locked: bool) -> None:
+        lock = self.hardware.connectors[connector_id].lock
+        if lock is None:
+            return
+        ok = await (lock.lock() if locked else lock.unlock())
+        self.charger.set_fault(connector_id, Fault.LOCK, not ok)
+        if ok and not locked:
+            self.charger.on_unlocked(connector_id)
+        self._apply(self.charger.drain())
+
+    # --- meters ---------------------------------------------------------------------------
+
+    async def _read_meter(self, connector_id: int) -> MeterReading | None:
+        """Read one meter; a failure or an implausible value raises the meter fault (the
+        last good reading stays, but nothing is ever reported as 0)."""
+        meter = self.hardware.connectors[connector_id].meter
+        connector = self.charger.connector(connector_id)
+        try:
+            reading = await asyncio.wait_for(meter.read(), METER_TIMEOUT_S)
+            previous = connector.meter
+            if not math.isfinite(reading.energy_import_wh) or not math.isfinite(reading.power_w):
+                raise MeterError("meter returned a non-finite value")
+            if previous is not None and reading.energy_import_wh < previous.energy_import_wh:
+                raise MeterError(
+                    f"energy register went backwards ({previous.energy_import_wh} → "
+                    f"{reading.energy_import_wh} Wh)"
+                )
+        except (MeterError, TimeoutError) as exc:
+            if self._meter_ok.get(connector_id, True):
+                log.error("connector %d: meter failure: %s", connector_id, exc or "timeout")
+            self._meter_ok[connector_id] = False
+            self.charger.set_fault(connector_id, Fault.METER, True)
+            self._apply(self.charger.drain())
+            return None
+        self.charger.on_meter(connector_id, reading)
+        if not self._meter_ok.get(connector_id, True):
+            log.info("connector %d: meter answers again", connector_id)
+            self.charger.set_fault(connector_id, Fault.METER, False)
+            self._apply(self.charger.drain())
+        self._meter_ok[connector_id] = True
+        return reading
+
+    async def _meter_loop(self, connector_id: int) -> None:
+        while True:
+            await asyncio.sleep(METER_INTERVAL_S)
+            await self._read_meter(connector_id)
+
+    async def _final_reading(self, connector_id: int) -> MeterReading | None:
+        """The meter after the contactor has opened: the transaction's last watt-hour."""
+        contactor = self.hardware.connectors[connector_id].contactor
+        deadline = time.monotonic() + X1_OPEN_UNDER_LOAD_S + 0.5
+        while contactor.commanded_closed and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        reading = await self._read_meter(connector_id)
+        return reading or self.charger.connector(connector_id).meter
+
+    # --- OCPP-facing events -----------------------------------------------------------------
+
+    async def _forward_events(self) -> None:
+        while True:
+            event = await self._events.get()
+            if isinstance(event, StatusChanged):
+                self.narrate(
+                    "status",
+                    event.status.value,
+                    {"connector": event.connector_id, "error": event.error_code.value},
+                )
+                self.adapter.status_changed(event)
+            elif isinstance(event, TransactionStarted):
+                reading = self.charger.connector(event.connector_id).meter
+                energy = reading.energy_import_wh if reading else 0.0
+                self.narrate(
+                    "tx",
+                    "started",
+                    {
+                        "connector": event.connector_id,
+                        "id_tag": event.id_tag,
+                        "meter_start_wh": energy,
+                    },
+                )
+                self.adapter.transaction_started(event, energy, reading)
+            elif isinstance(event, TransactionStopped):
+                reading = await self._final_reading(event.connector_id)
+                energy = reading.energy_import_wh if reading else 0.0
+                self.narrate(
+                    "tx",
+                    "stopped",
+                    {
+                        "connector": event.connector_id,
+                        "reason": event.reason.value,
+                        "meter_stop_wh": energy,
+                    },
+                )
+                self.adapter.transaction_stopped(event, energy, reading)
+            elif isinstance(event, AuthorizationExpired):
+                log.info(
+                    "connector %d: authorization of %s expired (ConnectionTimeOut)",
+                    event.connector_id,
+                    event.id_tag,
+                )
+            elif isinstance(event, AvailabilityChanged):
+                log.info(
+                    "connector %d: now %s",
+                    event.connector_id,
+                    "operative" if event.operative else "inoperative",
+                )
+
+    def narrate(self, kind: str, what: str, data: dict[str, Any]) -> None:
+        if self._narrator is not None:
+            self._narrator(kind, what, data)
+
+    # --- cards ------------------------------------------------------------------------------
+
+    async def _reader_loop(self) -> None:
+        reader = self.hardware.reader
+        assert reader is not None
+        while True:
+            read = asyncio.ensure_future(reader.read_card())
+            try:
+                if self.charger.reader_fault:
+                    # A reader that raised must prove itself for a second before the fault
+                    # clears; a dead one raises again at once.
+                    done, _ = await asyncio.wait({read}, timeout=1.0)
+                    if not done:
+                        self.charger.set_fault(0, Fault.READER, False)
+                        self._apply(self.charger.drain())
+                tag = await read
+            except ReaderError as exc:
+                if not self.charger.reader_fault:
+                    log.error("card reader failure: %s", exc)
+                    self.charger.set_fault(0, Fault.READER, True)
+                    self._apply(self.charger.drain())
+                await asyncio.sleep(1.0)
+                continue
+            finally:
+                if not read.done():
+                    read.cancel()
+            self.present_card(tag)
+
+    def present_card(self, id_tag: str) -> None:
+        self.narrate("card", id_tag, {})
+        decision = self.charger.on_card(id_tag)
+        self._apply(self.charger.drain())
+        if decision is CardDecision.AUTHORIZE:
+            self._spawn(self._authorize_card(id_tag))
+
+    async def _authorize_card(self, id_tag: str) -> None:
+        info = self.authorizer.pre_authorized(id_tag) or await self.adapter.authorize(id_tag)
+        if info is None:
+            info = self.authorizer.offline_decision(id_tag)
+        self.charger.on_authorized(id_tag, info.accepted, info.parent_id_tag)
+        self._apply(self.charger.drain())
+
+    # --- ChargerPort (what the OCPP adapter may ask) -----------------------------------------
+
+    @property
+    def connector_ids(self) -> list[int]:
+        return list(self.charger.connectors)
+
+    def views(self) -> list[ConnectorView]:
+        return self.charger.views()
+
+    def view(self, connector_id: int) -> ConnectorView:
+        return self.charger.connector(connector_id).view()
+
+    def current_status(self, connector_id: int) -> StatusChanged:
+        return self.charger.current_status(connector_id)
+
+    def can_remote_start(self, connector_id: int | None) -> bool:
+        return self.charger.connector_for_remote_start(connector_id) is not None
+
+    def remote_start(self, connector_id: int | None, id_tag: str) -> bool:
+        target = self.charger.connector_for_remote_start(connector_id)
+        if target is None:
+            return False
+        started = self.charger.remote_start(target.connector_id, id_tag)
+        self._apply(self.charger.drain())
+        return started
+
+    def remote_stop(self, connector_id: int) -> bool:
+        stopped = self.charger.stop(connector_id, StopReason.REMOTE)
+        self._apply(self.charger.drain())
+        return stopped
+
+    async def unlock(self, connector_id: int) -> UnlockResult:
+        lock = self.hardware.connectors[connector_id].lock
+        if lock is None:
+            return UnlockResult.NOT_SUPPORTED  # fixed cable (errata 3.85)
+        # §5.18: a running transaction is stopped first.
+        self.charger.stop(connector_id, StopReason.UNLOCK_COMMAND)
+        self._apply(self.charger.drain())
+        if not await lock.unlock():
+            return UnlockResult.FAILED
+        self.charger.on_unlocked(connector_id)
+        self._apply(self.charger.drain())
+        return UnlockResult.UNLOCKED
+
+    async def change_availability(self, connector_id: int, operative: bool) -> AvailabilityResult:
+        applied = self.charger.set_operative(connector_id, operative)
+        self._apply(self.charger.drain())
+        targets = self.connector_ids if connector_id == 0 else [connector_id]
+        for target in targets:
+            # The target is persisted at once, so a scheduled change survives a restart.
+            await self.store.put("availability", str(target), operative)
+        return AvailabilityResult.ACCEPTED if applied else AvailabilityResult.SCHEDULED
+
+    def request_reset(self, kind: ResetKind) -> None:
+        self._spawn(self._reset(kind))
+
+    async def _reset(self, kind: ResetKind) -> None:
+        log.warning("%s reset requested by the CSMS", kind.value)
+        if kind is ResetKind.SOFT:
+            await self._stop_transactions(StopReason.SOFT_RESET, SOFT_RESET_FLUSH_S)
+            self.request_stop(RunOutcome.SOFT_RESET)
+        else:
+            await self._stop_transactions(StopReason.HARD_RESET, HARD_RESET_FLUSH_S)
+            self.request_stop(RunOutcome.HARD_RESET)
+
+    def transaction_rejected(self, connector_id: int, local_id: int) -> None:
+        self.charger.transaction_rejected(connector_id, local_id)
+        self._apply(self.charger.drain())
+
+    def set_parent_id_tag(self, connector_id: int, local_id: int, parent: str | None) -> None:
+        self.charger.set_parent_id_tag(connector_id, local_id, parent)
+
+    def configuration_changed(self, key: str) -> None:
+        keys = self.keys
+        settings = self.charger.settings
+        settings.connection_timeout_s = float(keys.get_int("ConnectionTimeOut"))
+        settings.stop_tx_on_ev_side_disconnect = keys.get_bool("StopTransactionOnEVSideDisconnect")
+        settings.unlock_on_ev_side_disconnect = keys.get_bool("UnlockConnectorOnEVSideDisconnect")
+        settings.stop_tx_on_invalid_id = keys.get_bool("StopTransactionOnInvalidId")
+        auth = self.authorizer.settings
+        auth.cache_enabled = keys.get_bool("AuthorizationCacheEnabled")
+        auth.local_pre_authorize = keys.get_bool("LocalPreAuthorize")
+        auth.local_authorize_offline = keys.get_bool("LocalAuthorizeOffline")
+        auth.allow_offline_tx_for_unknown_id = keys.get_bool("AllowOfflineTxForUnknownId")
+
+    # --- the control socket -----------------------------------------------------------------
+
+    async def handle_control(self, request: dict[str, Any]) -> Any:
+        command = request["cmd"]
+        if command == "status":
+            return self.status()
+        if command == "swipe":
+            if self.hardware.bench_reader is None:
+                raise ControlError('swipe needs the mock card reader ([rfid] driver = "mock")')
+            self.hardware.bench_reader.swipe(str(request["tag"]))
+            return None
+        connector_id = int(request["connector"])
+        if command in ("fault", "clear") and request["kind"] == "reader":
+            if self.hardware.bench_reader is None:
+                raise ControlError("no mock card reader to fault")
+            reader = self.hardware.bench_reader
+            (reader.inject_fault if command == "fault" else reader.clear_fault)("reader")
+            return None
+        hw = self.hardware.connectors.get(connector_id)
+        if hw is None:
+            raise ControlError(f"no connector {connector_id}")
+        bench = hw.bench
+        if bench is None:
+            drivers = ", ".join(f"{part}={name}" for part, name in hw.drivers.items())
+            raise ControlError(
+                f"{command} is a bench command: connector {connector_id} runs real drivers ({drivers})"
+            )
+        try:
+            if command == "plug":
+                bench.plug()
+            elif command == "unplug":
+                bench.unplug()
+            elif command == "ev":
+                state = request["state"]
+                bench.set_ev_state(None if state == "auto" else CpState(state))
+            elif command == "fault":
+                bench.inject_fault(str(request["kind"]))
+            elif command == "clear":
+                bench.clear_fault(str(request["kind"]))
+            else:
+                raise ControlError(f"unknown command {command!r}")
+        except ValueError as exc:
+            raise ControlError(str(exc)) from None
+        return None
+
+    def status(self) -> dict[str, Any]:
+        connectors = []
+        for view in self.charger.views():
+            hw = self.hardware.connectors[view.connector_id]
+            meter = view.meter
+            local_id = view.transaction_local_id
+            connectors.append(
+                {
+                    "id": view.connector_id,
+                    "status": view.status.value,
+                    "error_code": view.error_code.value,
+                    "info": view.info,
+                    "pilot_state": view.cp_state.value,
+                    "pilot_output": view.pilot_output.value,
+                    "duty_percent": round(view.duty_percent, 4),
+                    "contactor": "closed" if view.contactor_closed else "open",
+                    "contactor_feedback": hw.contactor.feedback_closed(),
+                    "offered_current_a": round(view.offered_current_a, 2),
+                    "max_current_a": view.max_current_a,
+                    "operative": view.operative,
+                    "scheduled_operative": view.scheduled_operative,
+                    "faults": list(view.faults),
+                    "transaction": None
+                    if local_id is None
+                    else {
+                        "local_id": local_id,
+                        "id": self.adapter.csms_transaction_id(local_id),
+                        "id_tag": view.transaction_id_tag,
+                    },
+                    "authorized_id_tag": view.authorized_id_tag,
+                    "energy_wh": round(meter.energy_import_wh, 1) if meter else None,
+                    "power_w": round(meter.power_w, 1) if meter else None,
+                    "meter_ok": self._meter_ok.get(view.connector_id, False),
+                }
+            )
+        return {
+            "station": self.config.station.id,
+            "bench": self.config.is_bench,
+            "ocpp": self.adapter.status_info(),
+            "reader_fault": self.charger.reader_fault,
+            "connectors": connectors,
+        }

@@ -1,0 +1,117 @@
+"""The ``evse-daemon`` command: run, check-config, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import Config, ConfigInvalid, load_config
+
+log = logging.getLogger("evse_daemon")
+
+EXIT_CONFIG = 2
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # The ocpp library logs every frame at INFO: far too much for an SD card's journal.
+    logging.getLogger("ocpp").setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigInvalid as exc:
+        for error in exc.errors:
+            print(str(error), file=sys.stderr)
+        return None
+
+
+async def run_daemon(config: Config) -> int:
+    from .app import App, RunOutcome
+    from .hardware import UnsupportedDriver, build_hardware
+
+    try:
+        hardware = build_hardware(config)
+    except (UnsupportedDriver, OSError) as exc:
+        print(f"evse-daemon: {exc}", file=sys.stderr)
+        return 1
+    loop = asyncio.get_running_loop()
+    current: list[App] = []
+
+    def on_signal() -> None:
+        log.info("SIGTERM/SIGINT: stopping")
+        stopping.set()
+        if current:
+            current[0].request_stop()
+
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        while True:
+            app = App(config, hardware)
+            current[:] = [app]
+            outcome = await app.run()
+            if outcome is RunOutcome.STOPPED or stopping.is_set():
+                return 0
+            # A reset restarts the application in-process: the drivers (and the EV plugged
+            # into them) stay, everything above them is built anew and boots again.
+            log.warning("restarting after %s", outcome.value)
+            reloaded = _load(config.path)
+            if reloaded is not None:
+                config = reloaded
+    finally:
+        await hardware.shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="evse-daemon", description="Charge-point daemon for AC EV chargers (OCPP 1.6J)."
+    )
+    parser.add_argument("--version", action="version", version=f"evse-daemon {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--config", required=True, help="the TOML configuration file")
+    check = commands.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file")
+    demo = commands.add_parser(
+        "demo", help="a local CSMS, the daemon on mock drivers, and a narrated charging session"
+    )
+    demo.add_argument("--speed", type=float, default=1.0, help="time scale (2 = twice as fast)")
+    args = parser.parse_args(argv)
+
+    if args.command == "check-config":
+        config = _load(args.file)
+        if config is None:
+            return EXIT_CONFIG
+        print(
+            f"{args.file}: OK ({len(config.connectors)} connector(s), station {config.station.id})"
+        )
+        return 0
+    if args.command == "run":
+        config = _load(args.config)
+        if config is None:
+            return EXIT_CONFIG
+        _setup_logging(config.logging.level)
+        return asyncio.run(run_daemon(config))
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return asyncio.run(run_demo(speed=args.speed))
+    parser.error(f"unknown command {args.command}")
+    return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,909 @@
+"""OCPP 1.6J adapter: translates between the charger and a CSMS, over ``ocpp`` and ``websockets``.
+
+The adapter owns the link (connect, register, reconnect with backoff), the order of outbound
+messages (transaction messages strictly in order, one at a time; status notifications and
+authorizations may overtake them), metering schedules, and the CSMS's requests, which it turns
+into calls on the ``ChargerPort``. It never touches a driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import ocpp.messages
+import websockets
+from ocpp.exceptions import OCPPError
+from ocpp.messages import Call, unpack
+from ocpp.routing import after, on
+from ocpp.v16 import ChargePoint as _OcppChargePoint
+from ocpp.v16 import call, call_result
+from ocpp.v16.enums import Action
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from drivers.protocols import MeterReading
+
+from ..auth import Authorizer, IdTagInfo
+from ..charger import StatusChanged, TransactionStarted, TransactionStopped
+from ..clock import Clock, SystemClock, iso_utc
+from ..config import OcppSection, StationConfig
+from ..ocpp_keys import ChangeResult, OcppConfiguration
+from ..ports import ChargerPort, ResetKind
+from .frames import FrameError, Ignored, InboundCall, InboundReply, parse_inbound
+from .measurands import meter_value
+
+log = logging.getLogger(__name__)
+
+SUBPROTOCOL = "ocpp1.6"
+# The websocket layer refuses frames beyond this (close code 1009); frames.py answers frames
+# between its own limit and this one with a CALLERROR.
+WEBSOCKET_MAX_FRAME_BYTES = 1024 * 1024
+# A connection that lived this long proves the CSMS is back: the backoff starts over.
+STABLE_CONNECTION_S = 60.0
+# Retry delay for BootNotification when the CSMS gives interval 0 (§4.2.1: the charge point
+# then chooses a delay that does not flood the CSMS).
+DEFAULT_BOOT_RETRY_S = 30.0
+# The CSMS may suspend a charge point with HTTP 401/403: retrying those quickly is useless and
+# may get the station blocked, so they wait at least this long.
+AUTH_FAILURE_RETRY_S = 60.0
+
+Narrator = Callable[[str, str, dict[str, Any]], None]
+
+
+class Registration:
+    NONE = "None"
+    PENDING = "Pending"
+    ACCEPTED = "Accepted"
+    REJECTED = "Rejected"
+
+
+@dataclass
+class TxMessage:
+    """A transaction-related message waiting in the outbound queue.
+
+    The CSMS's transactionId is not known while the StartTransaction is still queued, so it is
+    filled in when the message is sent (the queue is strictly FIFO, so the answer to the
+    StartTransaction has arrived by then).
+    """
+
+    action: str  # StartTransaction, StopTransaction, MeterValues
+    local_id: int
+    connector_id: int
+    payload: dict[str, Any]
+    attempts: int = 0
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+def _idtag_info(raw: dict[str, Any] | None) -> IdTagInfo | None:
+    if not raw:
+        return None
+    expiry = raw.get("expiry_date")
+    expiry_dt: datetime | None = None
+    if isinstance(expiry, str):
+        with contextlib.suppress(ValueError):
+            expiry_dt = datetime.fromisoformat(expiry.replace("Z", "+00:00"))
+    return IdTagInfo(str(raw.get("status", "Invalid")), expiry_dt, raw.get("parent_id_tag"))
+
+
+def _parse_time(value: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class _Link(_OcppChargePoint):  # type: ignore[misc]
+    """One websocket session with the CSMS: routes its requests to the adapter."""
+
+    def __init__(self, cp_id: str, ws: ClientConnection, adapter: OcppAdapter16) -> None:
+        super().__init__(cp_id, ws, response_timeout=adapter.message_timeout_s)
+        self._adapter = adapter
+        self._handled = frozenset(self.route_map)
+
+    async def route_message(self, raw_msg: str | bytes) -> None:
+        inbound = parse_inbound(raw_msg, self._handled)
+        adapter = self._adapter
+        if isinstance(inbound, InboundReply):
+            self._response_queue.put_nowait(unpack(inbound.raw))
+            return
+        if adapter.registration == Registration.REJECTED:
+            # §4.2.1: after a Rejected boot the charge point does not respond to the CSMS.
+            log.info("ignoring a frame while registration is Rejected")
+            return
+        if isinstance(inbound, Ignored):
+            log.warning("ignoring inbound frame: %s", inbound.reason)
+            return
+        if isinstance(inbound, FrameError):
+            log.warning(
+                "answering a bad frame with %s: %s", inbound.error_code, inbound.description
+            )
+            adapter.narrate("out", "CALLERROR", {"code": inbound.error_code})
+            await self._send(inbound.to_json())
+            return
+        assert isinstance(inbound, InboundCall)
+        adapter.narrate("in", inbound.action, inbound.payload)
+        message = Call(inbound.message_id, inbound.action, inbound.payload)
+        try:
+            await self._handle_call(message)
+        except OCPPError as error:
+            await self._send(message.create_call_error(error).to_json())
+
+    # --- CSMS → charge point ------------------------------------------------------------
+
+    @on(Action.remote_start_transaction, skip_schema_validation=True)
+    def _remote_start(
+        self, id_tag: str, connector_id: int | None = None, **_: Any
+    ) -> call_result.RemoteStartTransaction:
+        return call_result.RemoteStartTransaction(
+            status=self._adapter.remote_start(id_tag, connector_id)
+        )
+
+    @after(Action.remote_start_transaction)
+    def _after_remote_start(self, id_tag: str, connector_id: int | None = None, **_: Any) -> None:
+        self._adapter.after_remote_start(id_tag, connector_id)
+
+    @on(Action.remote_stop_transaction, skip_schema_validation=True)
+    def _remote_stop(self, transaction_id: int, **_: Any) -> call_result.RemoteStopTransaction:
+        return call_result.RemoteStopTransaction(status=self._adapter.remote_stop(transaction_id))
+
+    @on(Action.reset, skip_schema_validation=True)
+    def _reset(self, type: str, **_: Any) -> call_result.Reset:
+        return call_result.Reset(status="Accepted")
+
+    @after(Action.reset)
+    def _after_reset(self, type: str, **_: Any) -> None:
+        self._adapter.port.request_reset(ResetKind(type))
+
+    @on(Action.unlock_connector, skip_schema_validation=True)
+    async def _unlock(self, connector_id: int, **_: Any) -> call_result.UnlockConnector:
+        return call_result.UnlockConnector(status=await self._adapter.unlock(connector_id))
+
+    @on(Action.change_availability, skip_schema_validation=True)
+    async def _change_availability(
+        self, connector_id: int, type: str, **_: Any
+    ) -> call_result.ChangeAvailability:
+        status = await self._adapter.change_availability(connector_id, type == "Operative")
+        return call_result.ChangeAvailability(status=status)
+
+    @on(Action.get_configuration, skip_schema_validation=True)
+    def _get_configuration(
+        self, key: list[str] | None = None, **_: Any
+    ) -> call_result.GetConfiguration:
+        known, unknown = self._adapter.get_configuration(key)
+        return call_result.GetConfiguration(
+            configuration_key=known, unknown_key=unknown if key else None
+        )
+
+    @on(Action.change_configuration, skip_schema_validation=True)
+    async def _change_configuration(
+        self, key: str, value: str, **_: Any
+    ) -> call_result.ChangeConfiguration:
+        return call_result.ChangeConfiguration(
+            status=await self._adapter.change_configuration(key, value)
+        )
+
+    @on(Action.clear_cache, skip_schema_validation=True)
+    def _clear_cache(self, **_: Any) -> call_result.ClearCache:
+        self._adapter.authorizer.clear_cache()
+        return call_result.ClearCache(status="Accepted")
+
+    @on(Action.data_transfer, skip_schema_validation=True)
+    def _data_transfer(
+        self, vendor_id: str, message_id: str | None = None, data: str | None = None, **_: Any
+    ) -> call_result.DataTransfer:
+        status, reply = self._adapter.data_transfer(vendor_id, message_id, data)
+        return call_result.DataTransfer(status=status, data=reply)
+
+    @on(Action.trigger_message, skip_schema_validation=True)
+    def _trigger(
+        self, requested_message: str, connector_id: int | None = None, **_: Any
+    ) -> call_result.TriggerMessage:
+        return call_result.TriggerMessage(
+            status=self._adapter.trigger_status(requested_message, connector_id)
+        )
+
+    @after(Action.trigger_message)
+    def _after_trigger(
+        self, requested_message: str, connector_id: int | None = None, **_: Any
+    ) -> None:
+        self._adapter.after_trigger(requested_message, connector_id)
+
+
+class OcppAdapter16:
+    def __init__(
+        self,
+        *,
+        station: StationConfig,
+        ocpp_section: OcppSection,
+        port: ChargerPort,
+        keys: OcppConfiguration,
+        authorizer: Authorizer,
+        clock: Clock,
+        persist_key: Callable[[str, str], Awaitable[None]] | None = None,
+        narrator: Narrator | None = None,
+    ) -> None:
+        # The library validates in a thread pool by default; that thread races on shutdown
+        # and adds a context switch per message. Inline validation costs ~0.1 ms.
+        ocpp.messages.ASYNC_VALIDATION = False
+        self.station = station
+        self.section = ocpp_section
+        self.port = port
+        self.keys = keys
+        self.authorizer = authorizer
+        self.clock = clock
+        self._persist_key = persist_key
+        self._narrator = narrator
+
+        self.registration = Registration.NONE
+        self._ever_accepted = False
+        self._link: _Link | None = None
+        self._session: asyncio.TaskGroup | None = None
+        self.connected = False
+        self._online = asyncio.Event()
+        self._tx_queue: deque[TxMessage] = deque()
+        self._tx_changed = asyncio.Event()
+        self._tx_idle = asyncio.Event()
+        self._tx_idle.set()
+        self._status_queue: deque[tuple[float, StatusChanged]] = deque()
+        self._status_changed = asyncio.Event()
+        self._last_sent_status: dict[int, tuple[str, str]] = {}
+        self._csms_tx_ids: dict[int, int] = {}  # local id → CSMS transactionId
+        self._active_tx: dict[int, int] = {}  # connector → local id
+        self._begin_readings: dict[int, MeterReading] = {}
+        self._heartbeat_changed = asyncio.Event()
+        self._boot_now = asyncio.Event()
+        self._last_sample: dict[int, float] = {}
+        self.vendor_handlers: dict[
+            str, Callable[[str | None, str | None], tuple[str, str | None]]
+        ] = {"org.evse-daemon": self._own_vendor_data}
+        self.connection_count = 0
+
+    # --- properties for status displays ------------------------------------------------
+
+    @property
+    def message_timeout_s(self) -> float:
+        return float(self.keys.get_int("MessageTimeout") or self.section.message_timeout_s)
+
+    @property
+    def online(self) -> bool:
+        return self.connected and self.registration == Registration.ACCEPTED
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._tx_queue)
+
+    def narrate(self, direction: str, action: str, payload: dict[str, Any]) -> None:
+        if self._narrator is not None:
+            self._narrator(direction, action, payload)
+
+    def csms_transaction_id(self, local_id: int) -> int | None:
+        return self._csms_tx_ids.get(local_id)
+
+    def status_info(self) -> dict[str, Any]:
+        return {
+            "version": "1.6",
+            "csms_url": self.section.csms_url,
+            "connected": self.connected,
+            "registration": self.registration,
+            "queue_depth": self.queue_depth,
+            "connections": self.connection_count,
+        }
+
+    # --- events from the charger ------------------------------------------------------------
+
+    def status_changed(self, event: StatusChanged) -> None:
+        self._status_queue.append((time.monotonic(), event))
+        self._status_changed.set()
+
+    def transaction_started(
+        self, event: TransactionStarted, meter_start_wh: float, reading: MeterReading | None
+    ) -> None:
+        self._active_tx[event.connector_id] = event.local_id
+        self._last_sample[event.connector_id] = time.monotonic()
+        if reading is not None:
+            self._begin_readings[event.local_id] = reading
+        self._enqueue(
+            TxMessage(
+                "StartTransaction",
+                event.local_id,
+                event.connector_id,
+                {
+                    "connector_id": event.connector_id,
+                    "id_tag": event.id_tag,
+                    "meter_start": int(meter_start_wh),
+                    "timestamp": iso_utc(event.timestamp),
+                },
+            )
+        )
+
+    def transaction_stopped(
+        self, event: TransactionStopped, meter_stop_wh: float, reading: MeterReading | None
+    ) -> None:
+        if self._active_tx.get(event.connector_id) == event.local_id:
+            del self._active_tx[event.connector_id]
+        payload: dict[str, Any] = {
+            "meter_stop": int(meter_stop_wh),
+            "timestamp": iso_utc(event.timestamp),
+            "reason": event.reason.value,
+        }
+        if event.id_tag is not None:
+            payload["id_tag"] = event.id_tag
+        measurands = self.keys.get_csl("StopTxnSampledData")
+        begin = self._begin_readings.pop(event.local_id, None)
+        if measurands and reading is not None:
+            offered = 0.0
+            data = []
+            if begin is not None:
+                data.append(
+                    meter_value(event.timestamp, begin, offered, measurands, "Transaction.Begin")
+                )
+            data.append(
+                meter_value(event.timestamp, reading, offered, measurands, "Transaction.End")
+            )
+            payload["transaction_data"] = data
+        self._enqueue(TxMessage("StopTransaction", event.local_id, event.connector_id, payload))
+
+    def _enqueue(self, message: TxMessage) -> None:
+        self._tx_queue.append(message)
+        self._tx_idle.clear()
+        self._tx_changed.set()
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Wait until every queued transaction message is delivered; False on timeout."""
+        try:
+            await asyncio.wait_for(self._tx_idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def authorize(self, id_tag: str) -> IdTagInfo | None:
+        """Ask the CSMS; None when it cannot be asked (offline, timeout, CALLERROR)."""
+        link = self._link
+        if link is None or not self.online:
+            return None
+        try:
+            result = await self._call(link, call.Authorize(id_tag=id_tag))
+        except (TimeoutError, OCPPError, ConnectionClosed) as exc:
+            log.warning("Authorize for %s failed: %s", id_tag, exc)
+            return None
+        info = _idtag_info(result.id_tag_info) or IdTagInfo("Invalid")
+        self.authorizer.remember(id_tag, info)
+        return info
+
+    # --- the link ---------------------------------------------------------------------------
+
+    def _url(self) -> str:
+        return self.section.csms_url.rstrip("/") + "/" + quote(self.station.id, safe="")
+
+    def _backoff_s(self, attempt: int) -> float:
+        # Capped exponential with full jitter: a fleet reconnecting after a CSMS outage
+        # spreads out instead of arriving in waves.
+        cap = min(self.section.reconnect_max_s, self.section.reconnect_min_s * (2**attempt))
+        return random.uniform(self.section.reconnect_min_s, max(cap, self.section.reconnect_min_s))
+
+    async def run(self) -> None:
+        """Keep a session with the CSMS, forever (until cancelled)."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._metering())
+            tasks.create_task(self._connection_loop())
+
+    async def _connection_loop(self) -> None:
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            minimum_wait = 0.0
+            try:
+                await self._connect_once()
+            except* InvalidStatus as group:
+                code = _first(group).response.status_code
+                log.error("CSMS refused the websocket handshake: HTTP %s", code)
+                if code in (401, 403):
+                    minimum_wait = AUTH_FAILURE_RETRY_S
+            except* ConnectionClosed:
+                log.warning("CSMS connection lost")
+            except* (OSError, TimeoutError, websockets.InvalidHandshake) as group:
+                log.warning("CSMS connection failed: %s", _first(group))
+            except* Exception as group:
+                # A bug in a session must not end the link for good: log it and reconnect.
+                log.error("OCPP session failed", exc_info=_first(group))
+            finally:
+                self._disconnected()
+            if time.monotonic() - started >= STABLE_CONNECTION_S:
+                attempt = 0
+            delay = max(minimum_wait, self._backoff_s(attempt))
+            attempt += 1
+            log.info("reconnecting to the CSMS in %.1f s", delay)
+            await asyncio.sleep(delay)
+
+    def _disconnected(self) -> None:
+        self.connected = False
+        self._link = None
+        self._session = None
+        self._online.clear()
+
+    async def _connect_once(self) -> None:
+        ping_s = self.keys.get_int("WebSocketPingInterval")
+        async with websockets.connect(
+            self._url(),
+            subprotocols=[websockets.Subprotocol(SUBPROTOCOL)],
+            ping_interval=ping_s or None,
+            ping_timeout=ping_s or None,
+            open_timeout=self.message_timeout_s,
+            max_size=WEBSOCKET_MAX_FRAME_BYTES,
+            proxy=None,
+            compression=None,
+        ) as ws:
+            if ws.subprotocol != SUBPROTOCOL:
+                # A CSMS that negotiated no subprotocol may not speak 1.6 at all.
+                raise websockets.InvalidHandshake(f"CSMS did not accept {SUBPROTOCOL}")
+            link = _Link(self.station.id, ws, self)
+            self._link = link
+            self.connected = True
+            self.connection_count += 1
+            log.info("connected to %s", self._url())
+            async with asyncio.TaskGroup() as session:
+                self._session = session
+                session.create_task(link.start())
+                session.create_task(self._run_session(link, session))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        session = self._session
+        if session is None:
+            coro.close()
+            return
+        session.create_task(self._guard(coro))
+
+    @staticmethod
+    async def _guard(coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        except (TimeoutError, OCPPError) as exc:
+            log.warning("background OCPP exchange failed: %s", exc)
+
+    async def _call(self, link: _Link, payload: Any) -> Any:
+        action = type(payload).__name__
+        self.narrate("out", action, _wire(payload))
+        result = await link.call(payload, suppress=False)
+        self.narrate("in", f"{action}.conf", _wire(result))
+        return result
+
+    # --- registration -----------------------------------------------------------------------
+
+    async def _register(self, link: _Link) -> None:
+        while True:
+            self._boot_now.clear()
+            try:
+                conf = await self._call(link, self._boot_notification())
+            except (TimeoutError, OCPPError) as exc:
+                log.warning("BootNotification failed: %s", exc)
+                await asyncio.sleep(self._backoff_s(2))
+                continue
+            moment = _parse_time(conf.current_time)
+            if moment is not None and isinstance(self.clock, SystemClock):
+                self.clock.adjust_to(moment)
+            interval = int(conf.interval)
+            self.registration = str(conf.status)
+            log.info("BootNotification: %s (interval %s s)", conf.status, interval)
+            if conf.status == Registration.ACCEPTED:
+                if interval > 0:
+                    self.keys.change("HeartbeatInterval", str(interval))
+                return
+            wait_s = float(interval) if interval > 0 else DEFAULT_BOOT_RETRY_S
+            if conf.status == Registration.PENDING:
+                # A TriggerMessage(BootNotification) while Pending retries at once.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._boot_now.wait(), wait_s)
+            else:
+                await asyncio.sleep(wait_s)
+
+    def _boot_notification(self) -> call.BootNotification:
+        station = self.station
+        return call.BootNotification(
+            charge_point_vendor=station.vendor,
+            charge_point_model=station.model,
+            charge_point_serial_number=station.serial_number,
+            firmware_version=station.firmware_version[:50],
+        )
+
+    async def _run_session(self, link: _Link, session: asyncio.TaskGroup) -> None:
+        if not self._ever_accepted or self.registration != Registration.ACCEPTED:
+            # §5.4 OCPP-J: after a plain reconnect no new BootNotification is sent.
+            await self._register(link)
+            first_boot = not self._ever_accepted
+            self._ever_accepted = True
+        else:
+            first_boot = False
+        self._online.set()
+        self._prepare_status_queue(first_boot)
+        session.create_task(self._heartbeat(link))
+        session.create_task(self._status_sender(link))
+        session.create_task(self._tx_sender(link))
+
+    # --- status notifications ---------------------------------------------------------------
+
+    def _prepare_status_queue(self, first_boot: bool) -> None:
+        """After boot: every connector's status. After a reconnect: those that changed."""
+        now = time.monotonic()
+        current = [self.port.current_status(cid) for cid in [0, *self.port.connector_ids]]
+        if first_boot:
+            self._status_queue = deque((now, event) for event in current)
+        else:
+            self._status_queue = deque(
+                (now, event)
+                for event in current
+                if self._last_sent_status.get(event.connector_id)
+                != (event.status.value, event.error_code.value)
+            )
+        self._status_changed.set()
+
+    async def _status_sender(self, link: _Link) -> None:
+        while True:
+            if not self._status_queue:
+                self._status_changed.clear()
+                await self._status_changed.wait()
+                continue
+            queued_at, event = self._status_queue[0]
+            minimum_s = self.keys.get_int("MinimumStatusDuration")
+            if minimum_s > 0:
+                # MinimumStatusDuration: a status that does not last that long is not sent.
+                if any(
+                    e.connector_id == event.connector_id for _, e in list(self._status_queue)[1:]
+                ):
+                    self._status_queue.popleft()
+                    continue
+                remaining = queued_at + minimum_s - time.monotonic()
+                if remaining > 0:
+                    self._status_changed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._status_changed.wait(), remaining)
+                    continue
+            await self._send_status(link, event)
+            if self._status_queue and self._status_queue[0][1] is event:
+                self._status_queue.popleft()
+
+    async def _send_status(self, link: _Link, event: StatusChanged) -> None:
+        try:
+            await self._call(
+                link,
+                call.StatusNotification(
+                    connector_id=event.connector_id,
+                    error_code=event.error_code.value,
+                    status=event.status.value,
+                    timestamp=iso_utc(event.timestamp),
+                    info=event.info,
+                    vendor_error_code=event.vendor_error_code,
+                ),
+            )
+        except (TimeoutError, OCPPError) as exc:
+            log.warning("StatusNotification failed: %s", exc)
+            return
+        self._last_sent_status[event.connector_id] = (event.status.value, event.error_code.value)
+
+    # --- heartbeat ------------------------------------------------------------------------------
+
+    async def _heartbeat(self, link: _Link) -> None:
+        while True:
+            interval = self.keys.get_int("HeartbeatInterval")
+            self._heartbeat_changed.clear()
+            try:
+                await asyncio.wait_for(
+                    self._heartbeat_changed.wait(), interval if interval > 0 else None
+                )
+                continue  # the interval changed: start counting again
+            except TimeoutError:
+                pass
+            await self._send_heartbeat(link)
+
+    async def _send_heartbeat(self, link: _Link) -> None:
+        try:
+            conf = await self._call(link, call.Heartbeat())
+        except (TimeoutError, OCPPError) as exc:
+            log.warning("Heartbeat failed: %s", exc)
+            return
+        moment = _parse_time(conf.current_time)
+        if moment is not None and isinstance(self.clock, SystemClock):
+            self.clock.adjust_to(moment)
+
+    # --- transaction messages ---------------------------------------------------------------
+
+    async def _tx_sender(self, link: _Link) -> None:
+        while True:
+            if not self._tx_queue:
+                self._tx_idle.set()
+                self._tx_changed.clear()
+                await self._tx_changed.wait()
+                continue
+            message = self._tx_queue[0]
+            delivered = await self._deliver(link, message)
+            if self._tx_queue and self._tx_queue[0] is message:
+                if delivered:
+                    self._tx_queue.popleft()
+                    continue
+                message.attempts += 1
+                attempts = max(1, self.keys.get_int("TransactionMessageAttempts"))
+                if message.attempts >= attempts:
+                    log.error(
+                        "%s for transaction %s not processed after %d attempts; discarded",
+                        message.action,
+                        message.local_id,
+                        message.attempts,
+                    )
+                    self._tx_queue.popleft()
+                    continue
+                # §4.8 (errata 3.17): wait RetryInterval × the attempts so far.
+                interval = self.keys.get_int("TransactionMessageRetryInterval")
+                await asyncio.sleep(interval * message.attempts)
+
+    async def _deliver(self, link: _Link, message: TxMessage) -> bool:
+        payload = dict(message.payload)
+        if message.action != "StartTransaction":
+            # -1 where the StartTransaction could never be delivered (errata 3.18).
+            payload["transaction_id"] = self._csms_tx_ids.get(message.local_id, -1)
+        request: Any
+        if message.action == "StartTransaction":
+            request = call.StartTransaction(**payload)
+        elif message.action == "StopTransaction":
+            request = call.StopTransaction(**payload)
+        else:
+            request = call.MeterValues(**payload)
+        try:
+            result = await self._call(link, request)
+        except (TimeoutError, OCPPError) as exc:
+            log.warning("%s failed to process: %s", message.action, exc)
+            return False
+        if message.action == "StartTransaction":
+            self._csms_tx_ids[message.local_id] = int(result.transaction_id)
+            info = _idtag_info(result.id_tag_info) or IdTagInfo("Invalid")
+            self.authorizer.remember(str(payload["id_tag"]), info)
+            self.port.set_parent_id_tag(message.connector_id, message.local_id, info.parent_id_tag)
+            if not info.accepted:
+                self.port.transaction_rejected(message.connector_id, message.local_id)
+        elif message.action == "StopTransaction":
+            info = _idtag_info(getattr(result, "id_tag_info", None))
+            if info is not None and "id_tag" in payload:
+                self.authorizer.remember(str(payload["id_tag"]), info)
+        return True
+
+    # --- metering ---------------------------------------------------------------------------------
+
+    async def _metering(self) -> None:
+        """Sampled (per transaction) and clock-aligned meter values, online or not."""
+        next_aligned: datetime | None = None
+        while True:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            interval = self.keys.get_int("MeterValueSampleInterval")
+            if interval > 0:
+                for connector_id, local_id in list(self._active_tx.items()):
+                    if now - self._last_sample.get(connector_id, now) >= interval:
+                        self._last_sample[connector_id] = now
+                        self._sample(
+                            connector_id,
+                            local_id,
+                            "Sample.Periodic",
+                            self.keys.get_csl("MeterValuesSampledData"),
+                        )
+            aligned_s = self.keys.get_int("ClockAlignedDataInterval")
+            if aligned_s <= 0:
+                next_aligned = None
+                continue
+            wall = self.clock.utc_now()
+            if next_aligned is None:
+                next_aligned = _next_boundary(wall, aligned_s)
+            elif wall >= next_aligned:
+                measurands = self.keys.get_csl("MeterValuesAlignedData")
+                for connector_id in self.port.connector_ids:
+                    self._sample(
+                        connector_id,
+                        self._active_tx.get(connector_id),
+                        "Sample.Clock",
+                        measurands,
+                        timestamp=next_aligned,
+                    )
+                next_aligned = _next_boundary(wall, aligned_s)
+
+    def _sample(
+        self,
+        connector_id: int,
+        local_id: int | None,
+        context: str,
+        measurands: tuple[str, ...],
+        timestamp: datetime | None = None,
+    ) -> None:
+        view = self.port.view(connector_id)
+        if view.meter is None or not measurands:
+            return  # no reading yet, or the meter is lost: never report a made-up value
+        value = meter_value(
+            timestamp or self.clock.utc_now(),
+            view.meter,
+            view.offered_current_a,
+            measurands,
+            context,
+        )
+        payload = {"connector_id": connector_id, "meter_value": [value]}
+        if local_id is not None:
+            self._enqueue(TxMessage("MeterValues", local_id, connector_id, payload))
+        elif self.online and self._link is not None:
+            # Meter values outside a transaction are not transaction messages: sent when
+            # online, not queued.
+            self._spawn(self._call_quietly(self._link, call.MeterValues(**payload)))
+
+    async def _call_quietly(self, link: _Link, payload: Any) -> None:
+        await self._call(link, payload)
+
+    # --- CSMS requests ------------------------------------------------------------------------
+
+    def remote_start(self, id_tag: str, connector_id: int | None) -> str:
+        if self.registration != Registration.ACCEPTED:
+            return "Rejected"  # not allowed while Pending (§4.2.1)
+        if connector_id is not None and connector_id not in self.port.connector_ids:
+            return "Rejected"
+        if not self.port.can_remote_start(connector_id):
+            return "Rejected"
+        if not self.keys.get_bool("AuthorizeRemoteTxRequests"):
+            return "Accepted" if self.port.remote_start(connector_id, id_tag) else "Rejected"
+        return "Accepted"  # authorized first, after the answer is sent
+
+    def after_remote_start(self, id_tag: str, connector_id: int | None) -> None:
+        if self.keys.get_bool("AuthorizeRemoteTxRequests"):
+            self._spawn(self._authorize_then_start(id_tag, connector_id))
+
+    async def _authorize_then_start(self, id_tag: str, connector_id: int | None) -> None:
+        info = self.authorizer.pre_authorized(id_tag) or await self.authorize(id_tag)
+        decision = info if info is not None else self.authorizer.offline_decision(id_tag)
+        if decision.accepted:
+            self.port.remote_start(connector_id, id_tag)
+        else:
+            log.info("remote start for %s not authorized: %s", id_tag, decision.status)
+
+    def remote_stop(self, transaction_id: int) -> str:
+        if self.registration != Registration.ACCEPTED:
+            return "Rejected"
+        for connector_id, local_id in self._active_tx.items():
+            if self._csms_tx_ids.get(local_id) == transaction_id:
+                return "Accepted" if self.port.remote_stop(connector_id) else "Rejected"
+        return "Rejected"
+
+    async def unlock(self, connector_id: int) -> str:
+        if connector_id not in self.port.connector_ids:
+            return "NotSupported"
+        return (await self.port.unlock(connector_id)).value
+
+    async def change_availability(self, connector_id: int, operative: bool) -> str:
+        if connector_id != 0 and connector_id not in self.port.connector_ids:
+            return "Rejected"
+        return (await self.port.change_availability(connector_id, operative)).value
+
+    def get_configuration(
+        self, requested: list[str] | None
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        entries, unknown = self.keys.get_configuration(requested)
+        known = [{"key": e.key, "readonly": e.readonly, "value": e.value} for e in entries]
+        return known, unknown
+
+    async def change_configuration(self, key: str, value: str) -> str:
+        result = self.keys.change(key, value)
+        if result in (ChangeResult.ACCEPTED, ChangeResult.REBOOT_REQUIRED):
+            if self._persist_key is not None:
+                await self._persist_key(key, self.keys.get(key))
+            if key == "HeartbeatInterval":
+                self._heartbeat_changed.set()
+            elif key == "MessageTimeout" and self._link is not None:
+                self._link._response_timeout = self.message_timeout_s
+            self.port.configuration_changed(key)
+        return result.value
+
+    def data_transfer(
+        self, vendor_id: str, message_id: str | None, data: str | None
+    ) -> tuple[str, str | None]:
+        handler = self.vendor_handlers.get(vendor_id)
+        if handler is None:
+            return ("UnknownVendorId", None)
+        return handler(message_id, data)
+
+    def _own_vendor_data(self, message_id: str | None, data: str | None) -> tuple[str, str | None]:
+        if message_id == "Status":
+            views = [
+                {"connector": v.connector_id, "status": v.status.value, "cp": v.cp_state.value}
+                for v in self.port.views()
+            ]
+            return ("Accepted", json.dumps(views))
+        return ("UnknownMessageId", None)
+
+    TRIGGERABLE = frozenset(
+        {
+            "BootNotification",
+            "DiagnosticsStatusNotification",
+            "FirmwareStatusNotification",
+            "Heartbeat",
+            "MeterValues",
+            "StatusNotification",
+        }
+    )
+
+    def trigger_status(self, requested: str, connector_id: int | None) -> str:
+        if requested not in self.TRIGGERABLE:
+            return "NotImplemented"
+        if connector_id is not None and (
+            connector_id < 0 or (connector_id > 0 and connector_id not in self.port.connector_ids)
+        ):
+            return "Rejected"
+        if requested == "BootNotification" and self.registration == Registration.ACCEPTED:
+            # Recommended by §5.17: once accepted, a new boot adds nothing.
+            return "Rejected"
+        return "Accepted"
+
+    def after_trigger(self, requested: str, connector_id: int | None) -> None:
+        if self.trigger_status(requested, connector_id) != "Accepted" or self._link is None:
+            return
+        link = self._link
+        if requested == "BootNotification":
+            self._boot_now.set()
+        elif requested == "Heartbeat":
+            self._spawn(self._send_heartbeat(link))
+        elif requested == "StatusNotification":
+            targets = [connector_id] if connector_id is not None else [0, *self.port.connector_ids]
+            for target in targets:
+                self._spawn(self._send_status(link, self.port.current_status(target)))
+        elif requested == "MeterValues":
+            targets = [connector_id] if connector_id else self.port.connector_ids
+            for target in targets:
+                self._spawn(self._triggered_meter_values(link, target))
+        elif requested == "DiagnosticsStatusNotification":
+            self._spawn(self._call_quietly(link, call.DiagnosticsStatusNotification(status="Idle")))
+        elif requested == "FirmwareStatusNotification":
+            self._spawn(self._call_quietly(link, call.FirmwareStatusNotification(status="Idle")))
+
+    async def _triggered_meter_values(self, link: _Link, connector_id: int) -> None:
+        view = self.port.view(connector_id)
+        if view.meter is None:
+            return
+        measurands = self.keys.get_csl("MeterValuesSampledData")
+        payload: dict[str, Any] = {
+            "connector_id": connector_id,
+            "meter_value": [
+                meter_value(
+                    self.clock.utc_now(), view.meter, view.offered_current_a, measurands, "Trigger"
+                )
+            ],
+        }
+        local_id = self._active_tx.get(connector_id)
+        if local_id is not None and local_id in self._csms_tx_ids:
+            payload["transaction_id"] = self._csms_tx_ids[local_id]
+        await self._call(link, call.MeterValues(**payload))
+
+
+def _first(group: BaseExceptionGroup[Any]) -> Any:
+    """The first leaf exception of a (possibly nested) exception group."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _next_boundary(now: datetime, interval_s: int) -> datetime:
+    """The next instant that is a whole number of intervals after midnight UTC."""
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    elapsed = (now - midnight).total_seconds()
+    periods = int(elapsed // interval_s) + 1
+    return midnight + timedelta(seconds=periods * interval_s)
+
+
+def _wire(payload: Any) -> dict[str, Any]:
+    """A dataclass payload as a plain dict, for narration."""
+    fields = getattr(payload, "__dataclass_fields__", None)
+    if fields is None:
+        return {}
+    return {name: getattr(payload, name) for name in fields if getattr(payload, name) is not None}
