@@ -177,7 +177,8 @@ class App:
         self._apply(self.charger.drain())
         # Let the forwarder hand the StopTransactions to the adapter, then let them go out.
         deadline = time.monotonic() + flush_s
-        while not self._events.empty() and time.monotonic() < deadline:
+        # Polling: the queue has no "drained" event, and this runs once per stop.
+        while not self._events.empty() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         await self.adapter.flush(max(0.0, deadline - time.monotonic()))
 
@@ -349,7 +350,8 @@ class App:
         """The meter after the contactor has opened: the transaction's last watt-hour."""
         contactor = self.hardware.connectors[connector_id].contactor
         deadline = time.monotonic() + X1_OPEN_UNDER_LOAD_S + 0.5
-        while contactor.commanded_closed and time.monotonic() < deadline:
+        # Polling the command is enough: this runs once per transaction, off the safety path.
+        while contactor.commanded_closed and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         reading = await self._read_meter(connector_id)
         return reading or self.charger.connector(connector_id).meter
@@ -561,7 +563,8 @@ class App:
         if bench is None:
             drivers = ", ".join(f"{part}={name}" for part, name in hw.drivers.items())
             raise ControlError(
-                f"{command} is a bench command: connector {connector_id} runs real drivers ({drivers})"
+                f"{command} is a bench command: connector {connector_id} "
+                f"runs real drivers ({drivers})"
             )
         try:
             if command == "plug":

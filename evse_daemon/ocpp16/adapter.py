@@ -671,9 +671,9 @@ class OcppAdapter16:
             if not info.accepted:
                 self.port.transaction_rejected(message.connector_id, message.local_id)
         elif message.action == "StopTransaction":
-            info = _idtag_info(getattr(result, "id_tag_info", None))
-            if info is not None and "id_tag" in payload:
-                self.authorizer.remember(str(payload["id_tag"]), info)
+            stop_info = _idtag_info(getattr(result, "id_tag_info", None))
+            if stop_info is not None and "id_tag" in payload:
+                self.authorizer.remember(str(payload["id_tag"]), stop_info)
         return True
 
     # --- metering ---------------------------------------------------------------------------------

@@ -1,0 +1,226 @@
+"""A bench for integration tests: the real daemon (in-process) on mock drivers, talking to a
+real CSMS built on ``ocpp`` over a websocket on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drivers.mock import MockConnectorHardware
+from evse_daemon.app import App, RunOutcome
+from evse_daemon.bench.csms import BenchCsms, ReceivedMessage
+from evse_daemon.config import Config, load_config
+from evse_daemon.hardware import Hardware, build_hardware
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return '"' + str(value) + '"'
+
+
+def write_config(
+    directory: Path,
+    csms_url: str,
+    *,
+    connectors: int = 1,
+    lock: bool = True,
+    ocpp_config: Mapping[str, Any] | None = None,
+    max_current_a: float = 32,
+    phases: int = 3,
+    station_id: str = "CP-TEST-1",
+    extra_ocpp: Mapping[str, Any] | None = None,
+) -> Path:
+    """A bench config in ``directory``; reconnects are fast so tests do not wait."""
+    keys = {"HeartbeatInterval": 300, "MeterValueSampleInterval": 0, "ConnectionTimeOut": 60}
+    keys.update(ocpp_config or {})
+    ocpp_extra = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.5, "message_timeout_s": 5}
+    ocpp_extra.update(extra_ocpp or {})
+    lines = [
+        "[station]",
+        f'id = "{station_id}"',
+        'vendor = "TestVendor"',
+        'model = "TestModel"',
+        "[ocpp]",
+        f'csms_url = "{csms_url}"',
+        *(f"{k} = {_toml_value(v)}" for k, v in ocpp_extra.items()),
+        "[ocpp.config]",
+        *(f"{k} = {_toml_value(v)}" for k, v in keys.items()),
+        "[storage]",
+        f'state_dir = "{directory}/state"',
+        "[control]",
+        f'socket = "{directory}/control.sock"',
+        "[logging]",
+        'level = "DEBUG"',
+        "[rfid]",
+        'driver = "mock"',
+    ]
+    for connector_id in range(1, connectors + 1):
+        lines += [
+            "[[connector]]",
+            f"id = {connector_id}",
+            f"max_current_a = {max_current_a}",
+            f"phases = {phases}",
+            'pilot = { driver = "mock" }',
+            'contactor = { driver = "mock" }',
+            'meter = { driver = "mock" }',
+        ]
+        if lock:
+            lines.append('lock = { driver = "mock" }')
+    path = directory / "evse.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class Bench:
+    csms: BenchCsms
+    config: Config
+    hardware: Hardware
+    app: App
+    task: asyncio.Task[RunOutcome]
+    directory: Path
+    outcomes: list[RunOutcome] = field(default_factory=list)
+
+    def ev(self, connector_id: int = 1) -> MockConnectorHardware:
+        bench = self.hardware.connectors[connector_id].bench
+        assert bench is not None
+        return bench
+
+    def swipe(self, tag: str) -> None:
+        assert self.hardware.bench_reader is not None
+        self.hardware.bench_reader.swipe(tag)
+
+    async def wait_status(
+        self, connector_id: int, status: str, *, after: int = 0, timeout_s: float = 10.0
+    ) -> ReceivedMessage:
+        return await self.csms.wait_for(
+            "StatusNotification",
+            lambda p: p["connectorId"] == connector_id and p["status"] == status,
+            timeout_s=timeout_s,
+            after=after,
+        )
+
+    def statuses(self, connector_id: int, *, after: int = 0) -> list[str]:
+        return [
+            m.payload["status"]
+            for m in self.csms.received[after:]
+            if m.action == "StatusNotification" and m.payload["connectorId"] == connector_id
+        ]
+
+    async def wait_until(
+        self, predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition"
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.01)
+
+    async def booted(self) -> None:
+        """Wait until the daemon is registered and has reported every connector."""
+        await self.csms.wait_for("BootNotification")
+        for connector_id in range(0, len(self.config.connectors) + 1):
+            await self.csms.wait_for(
+                "StatusNotification", lambda p, c=connector_id: p["connectorId"] == c
+            )
+
+    async def start_charging(self, connector_id: int = 1, tag: str = "TAG-OK") -> int:
+        """Plug in, swipe, and wait for Charging; returns the CSMS transactionId."""
+        mark = self.csms.mark()
+        self.ev(connector_id).plug()
+        self.swipe(tag)
+        await self.csms.wait_for("StartTransaction", after=mark)
+        await self.wait_status(connector_id, "Charging", after=mark)
+        return max(t for t, g in self.csms.transaction_ids.items() if g == tag)
+
+    async def restart_app(self) -> None:
+        """Stop this run of the daemon and start a new one on the same drivers."""
+        self.app.request_stop()
+        self.outcomes.append(await asyncio.wait_for(self.task, 15))
+        self.app = App(self.config, self.hardware)
+        self.task = asyncio.create_task(self.app.run())
+
+    async def follow_reset(self) -> RunOutcome:
+        """After a Reset: wait for the run to end and start the next one, as `run` does."""
+        outcome = await asyncio.wait_for(self.task, 20)
+        self.outcomes.append(outcome)
+        self.app = App(self.config, self.hardware)
+        self.task = asyncio.create_task(self.app.run())
+        return outcome
+
+
+@contextlib.asynccontextmanager
+async def bench(directory: Path, **kwargs: Any) -> AsyncIterator[Bench]:
+    """Start a CSMS and the daemon; both are stopped afterwards whatever happened."""
+    csms_options = {
+        k: kwargs.pop(k)
+        for k in (
+            "boot_responses",
+            "id_tag_status",
+            "default_id_tag_status",
+            "heartbeat_interval_s",
+        )
+        if k in kwargs
+    }
+    csms = BenchCsms(**csms_options)
+    url = await csms.start()
+    try:
+        config = load_config(write_config(directory, url, **kwargs))
+        hardware = build_hardware(config)
+        app = App(config, hardware)
+        task = asyncio.create_task(app.run())
+        test_bench = Bench(csms, config, hardware, app, task, directory)
+        try:
+            yield test_bench
+        finally:
+            test_bench.app.request_stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(test_bench.task, 15)
+            await hardware.shutdown()
+    finally:
+        await csms.stop()
+
+
+class DaemonProcess:
+    """``evse-daemon run --config FILE`` as a subprocess."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.log_path = config_path.with_suffix(".log")
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "evse_daemon.cli", "run", "--config", str(config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout_s: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
