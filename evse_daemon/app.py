@@ -137,11 +137,14 @@ class App:
         try:
             await self.store.open()
             await self._load_state()
+            # Drive the outputs the controller derives before reading anything back, so
+            # that no reading is judged against a pilot output not yet commanded.
+            self.charger.start()
+            self._apply(self.charger.drain())
             for connector_id in self.charger.connectors:
                 await self._read_meter(connector_id)
                 self._read_inputs(connector_id)
-            self.charger.start()
-            self._apply(self.charger.drain())
+                self._apply(self.charger.drain())
             self._install_listeners()
             await self.control.start()
             self.started.set()
@@ -195,7 +198,6 @@ class App:
             connector_id = int(key)
             if connector_id in self.charger.connectors and operative is False:
                 self.charger.set_operative(connector_id, False)
-        self.charger.drain()  # nothing has been commanded yet: start() drives everything
 
     async def _persist_key(self, key: str, value: str) -> None:
         await self.store.put("ocpp_config", key, value)
@@ -317,7 +319,10 @@ class App:
         meter = self.hardware.connectors[connector_id].meter
         connector = self.charger.connector(connector_id)
         try:
-            reading = await asyncio.wait_for(meter.read(), METER_TIMEOUT_S)
+            # Not asyncio.wait_for: on Python 3.11 it drops a cancellation that arrives as the
+            # reading does, and the meter loop would then keep a stop or a Reset waiting.
+            async with asyncio.timeout(METER_TIMEOUT_S):
+                reading = await meter.read()
             previous = connector.meter
             if not math.isfinite(reading.energy_import_wh) or not math.isfinite(reading.power_w):
                 raise MeterError("meter returned a non-finite value")

@@ -27,6 +27,8 @@ from .iec61851 import (
     ENERGY_REQUEST_STATES,
     EV_PRESENT_STATES,
     MIN_CURRENT_A,
+    STATE_F_AFTER_FAULT_S,
+    UNEXPECTED_F_FAULT_S,
     X1_OPEN_UNDER_LOAD_S,
     duty_percent_for_current,
 )
@@ -104,6 +106,10 @@ FAULT_REPORTS: dict[Fault, tuple[ErrorCode, str]] = {
     Fault.METER: (ErrorCode.POWER_METER_FAILURE, "energy meter not answering"),
     Fault.LOCK: (ErrorCode.CONNECTOR_LOCK_FAILURE, "cable lock failed"),
 }
+
+# Faults seen only through the control pilot (or cleared only when the EV leaves): under state
+# F the CP reads -12 V whatever the EV does, so these need the pilot back at x1 to clear.
+PILOT_OBSERVED_FAULTS = frozenset({Fault.PILOT_SHORT, Fault.DIODE, Fault.CONTACTOR_CLOSE})
 
 VENDOR_ERROR_CODES: dict[Fault, str] = {
     Fault.PILOT_SHORT: "PilotShort",
@@ -271,7 +277,6 @@ class Connector:
         self._next_local_id = next_local_id
 
         self.cp_state = CpState.A
-        self.diode_ok = True
         self.faults: set[Fault] = set()
         self.operative = True
         self.scheduled_operative: bool | None = None
@@ -292,6 +297,10 @@ class Connector:
         self._pwm_off_since: float | None = None
         self._contactor_changed_at = clock.monotonic()
         self._feedback_mismatch_since: float | None = None
+        self._unexpected_f_since: float | None = None
+        self._faulted_since: float | None = None
+        # The cable may be unlocked once the contactor is open, never before.
+        self._unlock_pending = False
 
     # -- derived -----------------------------------------------------------------------
 
@@ -331,10 +340,19 @@ class Connector:
             and self.offered_current_a >= MIN_CURRENT_A
         )
 
-    def _desired_pilot(self) -> tuple[PilotOutput, float]:
+    def _desired_pilot(self, now: float) -> tuple[PilotOutput, float]:
         if self.blocking_fault is not None:
+            # State F for at least 300 ms (IEC 61851-1 table A.5), then x1 if only the pilot
+            # can tell when the fault is gone: under -12 V it never could.
+            if (
+                self.faults <= PILOT_OBSERVED_FAULTS
+                and self._faulted_since is not None
+                and now - self._faulted_since >= STATE_F_AFTER_FAULT_S
+            ):
+                return (PilotOutput.STEADY, 0.0)
             return (PilotOutput.STATE_F, 0.0)
-        if not self.operative and self.tx is None:
+        if not self.operative and self.tx is None and not self._contactor:
+            # (With the contactor still closed the EV gets x1 and its 6 s to stop drawing.)
             return (PilotOutput.STATE_F, 0.0)
         if self._energy_offered():
             duty = duty_percent_for_current(self.offered_current_a, self._pwm_resolution)
@@ -342,8 +360,10 @@ class Connector:
         return (PilotOutput.STEADY, 0.0)
 
     def _desired_contactor(self, pilot: PilotOutput, now: float) -> bool:
-        if self.blocking_fault is not None or not self.diode_ok:
+        if self.blocking_fault is not None or self._unexpected_f_since is not None:
             return False
+        if pilot is PilotOutput.STATE_F:
+            return False  # under -12 V the EV cannot be seen
         if self.cp_state not in ENERGY_REQUEST_STATES:
             return False  # C→B, unplug, E, F: open at once
         if pilot is PilotOutput.PWM:
@@ -383,7 +403,11 @@ class Connector:
         now = self._clock.monotonic()
         if not self.ev_present and not self.cable_held:
             self.finishing = False
-        pilot = self._desired_pilot()
+        if self.blocking_fault is None:
+            self._faulted_since = None
+        elif self._faulted_since is None:
+            self._faulted_since = now
+        pilot = self._desired_pilot(now)
         if pilot[0] is PilotOutput.PWM:
             self._pwm_off_since = None
         elif self._pwm_off_since is None:
@@ -393,11 +417,19 @@ class Connector:
         closed = self._desired_contactor(pilot[0], now)
         if not closed and self._contactor is not False:
             self._set_contactor(False, now)
+            pilot = self._desired_pilot(now)
+        if pilot[0] is PilotOutput.STATE_F and self.cp_state in ENERGY_REQUEST_STATES:
+            # Under -12 V the EV cannot be seen and sees no offer: once the pilot is released
+            # it must ask for energy again (B → C) before the contactor closes.
+            self.cp_state = CpState.B
         if pilot != self._pilot:
             self._pilot = pilot
             self._outbox.append(SetPilot(self.connector_id, pilot[0], pilot[1]))
         if closed and self._contactor is not True:
             self._set_contactor(True, now)
+        if self._unlock_pending and self._contactor is False:
+            self._unlock_pending = False
+            self._outbox.append(SetLock(self.connector_id, False))
         status = self._desired_status()
         if status != self._status:
             self._status = status
@@ -427,15 +459,28 @@ class Connector:
             # We drive -12 V ourselves: the reading says nothing about the EV. Keep the last
             # known EV state until the pilot is released.
             return
+        if state is CpState.F:
+            # -12 V while we drive +12 V or PWM: a reading sampled before our last pilot change
+            # took effect, or a fault. The contactor opens at once; it becomes a fault only if
+            # it lasts.
+            now = self._clock.monotonic()
+            if self._unexpected_f_since is None:
+                self._unexpected_f_since = now
+            if now - self._unexpected_f_since >= UNEXPECTED_F_FAULT_S:
+                self.faults.add(Fault.PILOT_SHORT)
+            return
+        self._unexpected_f_since = None
         previous = self.cp_state
-        if state is CpState.E or (state is CpState.F and not driving_f):
+        if state is CpState.E:
             self.faults.add(Fault.PILOT_SHORT)
         else:
             self.faults.discard(Fault.PILOT_SHORT)
             self.cp_state = state
         # The diode check only means something while PWM runs: with steady +12 V there is
-        # no negative plateau to measure.
-        if self.pilot_output is PilotOutput.PWM or not reading.diode_ok:
+        # no negative plateau to measure. A shorted CP (E) has none either: not the diode.
+        if state is not CpState.E and (
+            self.pilot_output is PilotOutput.PWM or not reading.diode_ok
+        ):
             if reading.diode_ok:
                 self.faults.discard(Fault.DIODE)
             elif self.ev_present:
@@ -443,6 +488,10 @@ class Connector:
         if not self.ev_present:
             self.faults.discard(Fault.DIODE)
             self.faults.discard(Fault.CONTACTOR_CLOSE)  # latched until the EV leaves
+        # The safety output first: open now, before any session event this reading causes.
+        now = self._clock.monotonic()
+        if self._contactor and not self._desired_contactor(self.pilot_output, now):
+            self._set_contactor(False, now)
         if previous in EV_PRESENT_STATES and self.cp_state is CpState.A:
             self._on_ev_disconnected()
         elif previous is CpState.A and self.ev_present:
@@ -453,6 +502,8 @@ class Connector:
         tx = self.tx
         if tx is not None and tx.ev_side_disconnected:
             tx.ev_side_disconnected = False  # the same transaction goes on
+            if self.has_lock and self._settings.unlock_on_ev_side_disconnect:
+                self._lock()  # it was unlocked when the EV side went
             return
         self._maybe_start_transaction()
 
@@ -466,7 +517,7 @@ class Connector:
         else:
             tx.ev_side_disconnected = True
             if self.has_lock and self._settings.unlock_on_ev_side_disconnect:
-                self._outbox.append(SetLock(self.connector_id, False))
+                self._unlock_pending = True
 
     def on_unlocked(self) -> None:
         """The lock let the cable go: a held cable can now be taken out."""
@@ -542,12 +593,16 @@ class Connector:
         )
         self.tx = tx
         if self.has_lock:
-            self._outbox.append(SetLock(self.connector_id, True))
+            self._lock()
         self._outbox.append(
             TransactionStarted(
                 self.connector_id, tx.local_id, tx.id_tag, tx.started_at, remote=tx.remote
             )
         )
+
+    def _lock(self) -> None:
+        self._unlock_pending = False
+        self._outbox.append(SetLock(self.connector_id, True))
 
     def stop_transaction(self, reason: StopReason, id_tag: str | None = None) -> bool:
         tx = self.tx
@@ -564,7 +619,7 @@ class Connector:
             reason is StopReason.EV_DISCONNECTED and not self._settings.unlock_on_ev_side_disconnect
         )
         if self.has_lock and not keep_locked:
-            self._outbox.append(SetLock(self.connector_id, False))
+            self._unlock_pending = True  # once the contactor is open (reconcile)
         if self.scheduled_operative is not None:
             self.set_operative(self.scheduled_operative)
         return True
@@ -619,6 +674,7 @@ class ConnectorSpec:
 class CardDecision(enum.Enum):
     STOPPED = "stopped"  # the card stopped its own transaction; no Authorize needed
     AUTHORIZE = "authorize"  # ask the authorization service, then call on_authorized
+    IGNORED = "ignored"  # the card can neither start nor stop anything now: no Authorize
 
 
 @dataclass
@@ -750,6 +806,13 @@ class Charger:
                 connector.stop_transaction(StopReason.LOCAL, id_tag)
                 self._reconcile()
                 return CardDecision.STOPPED
+        # No free connector and no transaction that a card with the same parent idTag could
+        # stop: asking the CSMS about this card is pointless (OCTT TC_068 step 1).
+        if self._connector_for_card() is None and not any(
+            c.tx is not None and c.tx.parent_id_tag for c in self.connectors.values()
+        ):
+            log.info("card %s ignored: no connector is free", id_tag)
+            return CardDecision.IGNORED
         return CardDecision.AUTHORIZE
 
     def on_authorized(

@@ -22,6 +22,14 @@ X1_OPEN_UNDER_LOAD_S = 6.0
 # failed to close; one that stays closed this long after an open command is welded.
 CONTACTOR_FEEDBACK_TIMEOUT_S = 0.1
 
+# A CP reading of -12 V while the EVSE does not drive state F is a fault once it lasts this
+# long (shorter: a sample taken before the last pilot change reached the line).
+UNEXPECTED_F_FAULT_S = 0.2
+
+# After a fault the EVSE drives state F for at least this long before going back to x1
+# (IEC 61851-1:2017 table A.5, as cited by EVerest's ``state_F_after_fault_ms``).
+STATE_F_AFTER_FAULT_S = 0.3
+
 # States in which the EV asks for energy.
 ENERGY_REQUEST_STATES = frozenset({CpState.C, CpState.D})
 # States in which an EV is connected.
@@ -43,7 +51,11 @@ def duty_percent_for_current(current_a: float, resolution_percent: float = 0.0) 
         # dropping a whole step through binary floating-point noise.
         steps = math.floor(duty / resolution_percent + 1e-9)
         duty = steps * resolution_percent
-        duty = max(duty, 10.0)  # 10 % (6 A) is always reachable: it is a round number
+        # Below 10 % the 8–10 % band still offers 6 A; 10 % itself is not a step of every PWM
+        # (8-bit: 9.77 % or 10.16 %), and a PWM that rounds it up would offer more than 6 A.
+        # Only a PWM too coarse to reach the band at all gets the nominal 10 %.
+        if duty < 8.0:
+            duty = 10.0
     return duty
 
 

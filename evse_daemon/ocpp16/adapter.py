@@ -112,6 +112,15 @@ class _Link(_OcppChargePoint):  # type: ignore[misc]
         self._adapter = adapter
         self._handled = frozenset(self.route_map)
 
+    async def start(self) -> None:
+        while True:
+            message = await self._connection.recv()
+            await self.route_message(message)
+            # websockets hands over buffered frames without suspending, and answering one
+            # need not suspend either: without this a CSMS flooding the charger would keep
+            # this loop busy for seconds and starve the safety path of the event loop.
+            await asyncio.sleep(0)
+
     async def route_message(self, raw_msg: str | bytes) -> None:
         inbound = parse_inbound(raw_msg, self._handled)
         adapter = self._adapter
@@ -269,6 +278,9 @@ class OcppAdapter16:
             str, Callable[[str | None, str | None], tuple[str, str | None]]
         ] = {"org.evse-daemon": self._own_vendor_data}
         self.connection_count = 0
+        # A remote start answered Accepted whose authorization runs after the answer is sent
+        # (AuthorizeRemoteTxRequests); the link handles one request at a time.
+        self._deferred_remote_start: tuple[str, int | None] | None = None
 
     # --- properties for status displays ------------------------------------------------
 
@@ -476,6 +488,12 @@ class OcppAdapter16:
         action = type(payload).__name__
         self.narrate("out", action, _wire(payload))
         result = await link.call(payload, suppress=False)
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # Python 3.11's asyncio.wait_for (inside the library's call) returns the answer
+            # and drops a cancellation that arrives in the same loop iteration; a sender loop
+            # that went on waiting for work would then hold up a stop or a Reset forever.
+            raise asyncio.CancelledError
         self.narrate("in", f"{action}.conf", _wire(result))
         return result
 
@@ -746,6 +764,7 @@ class OcppAdapter16:
     # --- CSMS requests ------------------------------------------------------------------------
 
     def remote_start(self, id_tag: str, connector_id: int | None) -> str:
+        self._deferred_remote_start = None
         if self.registration != Registration.ACCEPTED:
             return "Rejected"  # not allowed while Pending (§4.2.1)
         if connector_id is not None and connector_id not in self.port.connector_ids:
@@ -754,11 +773,15 @@ class OcppAdapter16:
             return "Rejected"
         if not self.keys.get_bool("AuthorizeRemoteTxRequests"):
             return "Accepted" if self.port.remote_start(connector_id, id_tag) else "Rejected"
+        self._deferred_remote_start = (id_tag, connector_id)
         return "Accepted"  # authorized first, after the answer is sent
 
     def after_remote_start(self, id_tag: str, connector_id: int | None) -> None:
-        if self.keys.get_bool("AuthorizeRemoteTxRequests"):
-            self._spawn(self._authorize_then_start(id_tag, connector_id))
+        # Only a start answered Accepted goes on: a Rejected one must leave no trace (no
+        # Authorize.req, no session), e.g. while Pending or on a busy connector.
+        deferred, self._deferred_remote_start = self._deferred_remote_start, None
+        if deferred is not None:
+            self._spawn(self._authorize_then_start(*deferred))
 
     async def _authorize_then_start(self, id_tag: str, connector_id: int | None) -> None:
         info = self.authorizer.pre_authorized(id_tag) or await self.authorize(id_tag)

@@ -83,6 +83,10 @@ def _best_effort_id(text: str) -> str:
     return match.group(1) if match else UNKNOWN_MESSAGE_ID
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_inbound(frame: str | bytes, handled_actions: frozenset[str]) -> Inbound:
     """Classify one websocket frame; CALLs are schema-checked against OCPP 1.6."""
     if isinstance(frame, bytes):
@@ -100,8 +104,9 @@ def parse_inbound(frame: str | bytes, handled_actions: frozenset[str]) -> Inboun
         )
     try:
         # Decimal keeps schema limits like ``multipleOf: 0.1`` exact (16.1 is not a float
-        # multiple of 0.1); the schemas are loaded the same way.
-        message = json.loads(frame, parse_float=Decimal)
+        # multiple of 0.1); the schemas are loaded the same way. NaN and Infinity are not
+        # JSON (RFC 8259), though Python's parser accepts them by default.
+        message = json.loads(frame, parse_float=Decimal, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         return FrameError(_best_effort_id(frame), "FormationViolation", "frame is not JSON", {})
     if not isinstance(message, list) or not message:
