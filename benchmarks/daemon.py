@@ -31,13 +31,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from drivers.mock import MockCardReader, MockConnectorHardware  # noqa: E402
-from evse_daemon.app import App  # noqa: E402
-from evse_daemon.bench.csms import UNSOLICITED, BenchCsms  # noqa: E402
-from evse_daemon.config import load_config  # noqa: E402
-from evse_daemon.control import request_async  # noqa: E402
-from evse_daemon.hardware import ConnectorHardware, Hardware  # noqa: E402
-from tests.harness import write_config  # noqa: E402
+from drivers.mock import MockCardReader, MockConnectorHardware
+from evse_daemon.app import App
+from evse_daemon.bench.csms import UNSOLICITED, BenchCsms
+from evse_daemon.config import load_config
+from evse_daemon.control import request_async
+from evse_daemon.hardware import ConnectorHardware, Hardware
+from tests.harness import write_config
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -65,8 +65,13 @@ async def subprocess_figures(starts: int) -> dict[str, Any]:
                 config = write_config(Path(tmp), csms.url, connectors=2)
                 mark = csms.mark()
                 spawned = time.monotonic()
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "evse_daemon.cli", "run", "--config", str(config)],
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "evse_daemon.cli",
+                    "run",
+                    "--config",
+                    str(config),
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
@@ -98,7 +103,7 @@ async def subprocess_figures(starts: int) -> dict[str, Any]:
                         rss = rss_mb(proc.pid)
                 finally:
                     proc.terminate()
-                    proc.wait(15)
+                    await asyncio.wait_for(proc.wait(), 15)
     return {"rss_mb": rss, "startup_s": startup_s}
 
 
@@ -207,7 +212,7 @@ async def reaction_figures(events: int) -> dict[str, dict[str, list[float]]]:
         app = App(config, hardware)
         run = asyncio.create_task(app.run())
         await app.started.wait()
-        while not app.adapter.online:
+        while not app.adapter.online:  # noqa: ASYNC110 - the adapter has no "online" event
             await asyncio.sleep(0.05)
         for cid, sim in sims.items():
             sim.plug()
