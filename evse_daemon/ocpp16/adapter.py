@@ -374,11 +374,7 @@ class OcppAdapter16:
 
     async def flush(self, timeout_s: float) -> bool:
         """Wait until every queued transaction message is delivered; False on timeout."""
-        try:
-            await asyncio.wait_for(self._tx_idle.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
+        return await _wait_event(self._tx_idle, timeout_s)
 
     async def authorize(self, id_tag: str) -> IdTagInfo | None:
         """Ask the CSMS; None when it cannot be asked (offline, timeout, CALLERROR)."""
@@ -521,8 +517,7 @@ class OcppAdapter16:
             wait_s = float(interval) if interval > 0 else DEFAULT_BOOT_RETRY_S
             if conf.status == Registration.PENDING:
                 # A TriggerMessage(BootNotification) while Pending retries at once.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._boot_now.wait(), wait_s)
+                await _wait_event(self._boot_now, wait_s)
             else:
                 await asyncio.sleep(wait_s)
 
@@ -584,8 +579,7 @@ class OcppAdapter16:
                 remaining = queued_at + minimum_s - time.monotonic()
                 if remaining > 0:
                     self._status_changed.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._status_changed.wait(), remaining)
+                    await _wait_event(self._status_changed, remaining)
                     continue
             await self._send_status(link, event)
             if self._status_queue and self._status_queue[0][1] is event:
@@ -615,13 +609,8 @@ class OcppAdapter16:
         while True:
             interval = self.keys.get_int("HeartbeatInterval")
             self._heartbeat_changed.clear()
-            try:
-                await asyncio.wait_for(
-                    self._heartbeat_changed.wait(), interval if interval > 0 else None
-                )
+            if await _wait_event(self._heartbeat_changed, interval if interval > 0 else None):
                 continue  # the interval changed: start counting again
-            except TimeoutError:
-                pass
             await self._send_heartbeat(link)
 
     async def _send_heartbeat(self, link: _Link) -> None:
@@ -906,6 +895,20 @@ class OcppAdapter16:
         if local_id is not None and local_id in self._csms_tx_ids:
             payload["transaction_id"] = self._csms_tx_ids[local_id]
         await self._call(link, call.MeterValues(**payload))
+
+
+async def _wait_event(event: asyncio.Event, timeout_s: float | None) -> bool:
+    """Wait for ``event``; False on timeout.
+
+    Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation that arrives in the
+    same loop step as the event, leaving a task that never ends on shutdown.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 def _first(group: BaseExceptionGroup[Any]) -> Any:
