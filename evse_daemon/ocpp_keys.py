@@ -229,9 +229,17 @@ def core_keys(number_of_connectors: int) -> dict[str, KeyDef]:
         _int("TransactionMessageAttempts", 3, lo=1),
         _int("TransactionMessageRetryInterval", 60),
         _bool("UnlockConnectorOnEVSideDisconnect", True),
-        # 0 disables pings; negative values are Rejected [S16 §9.1]. A new interval only takes
-        # effect on the next connection, but the value itself is applied at once: Accepted.
-        _int("WebSocketPingInterval", 60),
+        # 0 disables pings; negative values are Rejected [S16 §9.1]. The websocket takes its
+        # ping interval when it connects, so a new value is stored at once but takes effect
+        # on the next connection: RebootRequired, the answer for "applied, not yet effective".
+        KeyDef(
+            "WebSocketPingInterval",
+            KeyType.INT,
+            readonly=False,
+            default="60",
+            min_value=0,
+            reboot_required=True,
+        ),
         _int("MessageTimeout", 30, lo=1, hi=3600),
         _bool("LocalAuthListEnabled", True),
         _ro_int("LocalAuthListMaxLength", 1000),

@@ -15,11 +15,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ocpp.v16 import call
+
 from drivers.mock import MockConnectorHardware
 from evse_daemon.app import App, RunOutcome
 from evse_daemon.bench.csms import BenchCsms, ReceivedMessage
 from evse_daemon.config import Config, load_config
 from evse_daemon.hardware import Hardware, build_hardware
+
+
+def config_value(result: Any, key: str) -> str | None:
+    """The value a GetConfiguration.conf reports for ``key`` (None if it is not listed)."""
+    for entry in result.configuration_key or []:
+        if entry["key"] == key:
+            value = entry.get("value")
+            return None if value is None else str(value)
+    return None
 
 
 def _toml_value(value: Any) -> str:
@@ -118,6 +129,21 @@ class Bench:
             for m in self.csms.received[after:]
             if m.action == "StatusNotification" and m.payload["connectorId"] == connector_id
         ]
+
+    async def barrier(self) -> None:
+        """Have the charger send a Heartbeat (TriggerMessage) and wait for it.
+
+        Whatever the charger had already decided to send before the trigger arrived reaches
+        the CSMS first, so checking for the absence of a message after this is not a race.
+        """
+        mark = self.csms.mark()
+        result = await self.csms.call(call.TriggerMessage(requested_message="Heartbeat"))
+        assert result.status == "Accepted"
+        await self.csms.wait_for("Heartbeat", after=mark)
+
+    def actions(self, after: int) -> list[str]:
+        """The actions the CSMS received from index ``after`` on."""
+        return [m.action for m in self.csms.received[after:]]
 
     async def wait_until(
         self, predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 from ocpp.v16 import call
 
 from evse_daemon.control import ControlError
-from tests.harness import bench
+from tests.harness import bench, config_value
 
 
 async def test_reconnect_waits_even_after_an_accepted_connection_drops(tmp_path: Path) -> None:
@@ -132,3 +133,41 @@ async def test_bench_verbs_are_refused_on_real_drivers(tmp_path: Path) -> None:
             await b.app.handle_control({"cmd": "plug", "connector": 7})
         # status still works.
         assert (await b.app.handle_control({"cmd": "status"}))["station"] == "CP-TEST-1"
+
+
+async def test_websocket_ping_interval_change_is_reboot_required_and_kept(tmp_path: Path) -> None:
+    async with bench(tmp_path) as b:
+        await b.booted()
+        result = await b.csms.call(
+            call.ChangeConfiguration(key="WebSocketPingInterval", value="30")
+        )
+        assert result.status == "RebootRequired"
+        result = await b.csms.call(
+            call.ChangeConfiguration(key="WebSocketPingInterval", value="-5")
+        )
+        assert result.status == "Rejected"
+        await b.restart_app()
+        await b.csms.wait_for("BootNotification", after=1)
+        result = await b.csms.call(call.GetConfiguration(key=["WebSocketPingInterval"]))
+        assert config_value(result, "WebSocketPingInterval") == "30"
+
+
+async def test_a_crashing_run_leaves_the_contactor_open(tmp_path: Path) -> None:
+    async with bench(tmp_path) as b:
+        await b.booted()
+        await b.start_charging(1, "TAG-CRASH")
+        assert b.ev(1).snapshot()["contactor_commanded"] is True
+
+        def broken() -> None:
+            raise RuntimeError("a bug in the controller")
+
+        # A bug on the safety loop's path: the run ends with the error, the drivers are left
+        # in the safe state on the way out.
+        b.app.charger.tick = broken  # type: ignore[method-assign,assignment]
+        with pytest.raises(BaseExceptionGroup) as failure:
+            await asyncio.wait_for(b.task, 5)
+        assert failure.group_contains(RuntimeError, match="a bug in the controller")
+        snapshot = b.ev(1).snapshot()
+        assert snapshot["contactor_commanded"] is False
+        assert snapshot["pilot_output"] == "F"
+        assert snapshot["power_w"] == 0.0

@@ -8,36 +8,10 @@ document; bench-specific deviations are noted in comments.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from ocpp.v16 import call
 
-from tests.harness import Bench, bench
-
-
-def _config_value(result: Any, key: str) -> str | None:
-    """The value a GetConfiguration.conf reports for ``key`` (None if it is not listed)."""
-    for entry in result.configuration_key or []:
-        if entry["key"] == key:
-            value = entry.get("value")
-            return None if value is None else str(value)
-    return None
-
-
-async def _barrier(b: Bench) -> None:
-    """Have the charger send a Heartbeat (TriggerMessage) and wait for it.
-
-    Whatever the charger had already decided to send before the trigger arrived reaches the
-    CSMS first, so checking for the absence of a message after this is not a race.
-    """
-    mark = b.csms.mark()
-    result = await b.csms.call(call.TriggerMessage(requested_message="Heartbeat"))
-    assert result.status == "Accepted"
-    await b.csms.wait_for("Heartbeat", after=mark)
-
-
-def _actions(b: Bench, after: int) -> list[str]:
-    return [m.action for m in b.csms.received[after:]]
+from tests.harness import bench, config_value
 
 
 async def test_TC_010_remote_start_cable_plugged_in_first(tmp_path: Path) -> None:
@@ -45,7 +19,7 @@ async def test_TC_010_remote_start_cable_plugged_in_first(tmp_path: Path) -> Non
         await b.booted()
         # 1-2. GetConfiguration for AuthorizeRemoteTxRequests.
         got = await b.csms.call(call.GetConfiguration(key=["AuthorizeRemoteTxRequests"]))
-        assert _config_value(got, "AuthorizeRemoteTxRequests") == "true"
+        assert config_value(got, "AuthorizeRemoteTxRequests") == "true"
         mark = b.csms.mark()
         # Cable plugged in on both sides. 3. Preparing on the configured connector.
         b.ev(1).plug()
@@ -71,21 +45,21 @@ async def test_TC_011_1_remote_start_first(tmp_path: Path) -> None:
         await b.booted()
         # 1-2. GetConfiguration for AuthorizeRemoteTxRequests.
         got = await b.csms.call(call.GetConfiguration(key=["AuthorizeRemoteTxRequests"]))
-        assert _config_value(got, "AuthorizeRemoteTxRequests") == "false"
+        assert config_value(got, "AuthorizeRemoteTxRequests") == "false"
         mark = b.csms.mark()
         # 3-4. RemoteStartTransaction before any cable: Accepted.
         result = await b.csms.call(call.RemoteStartTransaction(id_tag="TAG-OK", connector_id=1))
         assert result.status == "Accepted"
         # 7. Preparing (5. no Authorize.req: AuthorizeRemoteTxRequests is false).
         await b.wait_status(1, "Preparing", after=mark)
-        assert "StartTransaction" not in _actions(b, mark)  # no cable yet
+        assert "StartTransaction" not in b.actions(mark)  # no cable yet
         # 9. The driver plugs in: StartTransaction; 11. Charging.
         b.ev(1).plug()
         start = await b.csms.wait_for("StartTransaction", after=mark)
         assert start.payload["connectorId"] == 1
         assert start.payload["idTag"] == "TAG-OK"
         await b.wait_status(1, "Charging", after=mark)
-        assert "Authorize" not in _actions(b, mark)
+        assert "Authorize" not in b.actions(mark)
         statuses = b.statuses(1, after=mark)
         assert statuses.index("Preparing") < statuses.index("Charging")
 
@@ -96,7 +70,7 @@ async def test_TC_011_2_remote_start_time_out(tmp_path: Path) -> None:
         await b.booted()
         # 1-2. GetConfiguration for AuthorizeRemoteTxRequests.
         got = await b.csms.call(call.GetConfiguration(key=["AuthorizeRemoteTxRequests"]))
-        assert _config_value(got, "AuthorizeRemoteTxRequests") == "true"
+        assert config_value(got, "AuthorizeRemoteTxRequests") == "true"
         mark = b.csms.mark()
         # 3-4. RemoteStartTransaction: Accepted. 5-6. Authorize.req.
         result = await b.csms.call(call.RemoteStartTransaction(id_tag="TAG-OK", connector_id=1))
@@ -112,8 +86,8 @@ async def test_TC_011_2_remote_start_time_out(tmp_path: Path) -> None:
         plug_mark = b.csms.mark()
         b.ev(1).plug()
         await b.wait_status(1, "Preparing", after=plug_mark)
-        await _barrier(b)
-        assert "StartTransaction" not in _actions(b, mark)
+        await b.barrier()
+        assert "StartTransaction" not in b.actions(mark)
         assert b.ev(1).snapshot()["contactor_commanded"] is False
 
 
@@ -147,9 +121,9 @@ async def test_TC_026_remote_start_rejected(tmp_path: Path) -> None:
         # 1-2. RemoteStartTransaction on the connector that is charging: Rejected.
         result = await b.csms.call(call.RemoteStartTransaction(id_tag="TAG-OTHER", connector_id=1))
         assert result.status == "Rejected"
-        await _barrier(b)
+        await b.barrier()
         # Nothing follows from a rejected request, and the running transaction goes on.
-        assert _actions(b, mark) == ["Heartbeat"]
+        assert b.actions(mark) == ["Heartbeat"]
         assert b.app.status()["connectors"][0]["transaction"]["id"] == tx
         assert b.app.charger.connector(1).status.value == "Charging"
 
@@ -161,14 +135,14 @@ async def test_TC_027_remote_start_connector_id_0(tmp_path: Path) -> None:
         # 1-2. RemoteStartTransaction with connectorId 0: Rejected.
         result = await b.csms.call(call.RemoteStartTransaction(id_tag="TAG-OK", connector_id=0))
         assert result.status == "Rejected"
-        await _barrier(b)
-        assert _actions(b, mark) == ["Heartbeat"]
+        await b.barrier()
+        assert b.actions(mark) == ["Heartbeat"]
         assert b.app.charger.connector(1).auth is None
         # Still free: a cable plugged in now is Preparing and starts no transaction.
         b.ev(1).plug()
         await b.wait_status(1, "Preparing", after=mark)
-        await _barrier(b)
-        assert "StartTransaction" not in _actions(b, mark)
+        await b.barrier()
+        assert "StartTransaction" not in b.actions(mark)
 
 
 async def test_TC_028_remote_stop_unknown_transaction_rejected(tmp_path: Path) -> None:
@@ -179,7 +153,7 @@ async def test_TC_028_remote_stop_unknown_transaction_rejected(tmp_path: Path) -
         # 1-2. RemoteStopTransaction with an unknown transactionId: Rejected.
         result = await b.csms.call(call.RemoteStopTransaction(transaction_id=tx + 1000))
         assert result.status == "Rejected"
-        await _barrier(b)
-        assert "StopTransaction" not in _actions(b, mark)
+        await b.barrier()
+        assert "StopTransaction" not in b.actions(mark)
         assert b.app.status()["connectors"][0]["transaction"]["id"] == tx
         assert b.ev(1).snapshot()["power_w"] > 0

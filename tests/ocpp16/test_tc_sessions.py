@@ -8,36 +8,10 @@ document; bench-specific deviations are noted in comments.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from ocpp.v16 import call
 
-from tests.harness import Bench, bench
-
-
-def _config_value(result: Any, key: str) -> str | None:
-    """The value a GetConfiguration.conf reports for ``key`` (None if it is not listed)."""
-    for entry in result.configuration_key or []:
-        if entry["key"] == key:
-            value = entry.get("value")
-            return None if value is None else str(value)
-    return None
-
-
-async def _barrier(b: Bench) -> None:
-    """Have the charger send a Heartbeat (TriggerMessage) and wait for it.
-
-    Whatever the charger had already decided to send before the trigger arrived reaches the
-    CSMS first, so checking for the absence of a message after this is not a race.
-    """
-    mark = b.csms.mark()
-    result = await b.csms.call(call.TriggerMessage(requested_message="Heartbeat"))
-    assert result.status == "Accepted"
-    await b.csms.wait_for("Heartbeat", after=mark)
-
-
-def _actions(b: Bench, after: int) -> list[str]:
-    return [m.action for m in b.csms.received[after:]]
+from tests.harness import bench, config_value
 
 
 async def test_TC_002_cold_boot_pending(tmp_path: Path) -> None:
@@ -51,14 +25,14 @@ async def test_TC_002_cold_boot_pending(tmp_path: Path) -> None:
         await b.wait_until(lambda: b.app.adapter.registration == "Pending", what="Pending")
         # 3-4. While Pending the charger answers GetConfiguration.
         got = await b.csms.call(call.GetConfiguration(key=["MeterValueSampleInterval"]))
-        assert _config_value(got, "MeterValueSampleInterval") == "0"
+        assert config_value(got, "MeterValueSampleInterval") == "0"
         # 5-6. ... and ChangeConfiguration (step 6: Accepted), effective at once.
         changed = await b.csms.call(
             call.ChangeConfiguration(key="MeterValueSampleInterval", value="30")
         )
         assert changed.status == "Accepted"
         got = await b.csms.call(call.GetConfiguration(key=["MeterValueSampleInterval"]))
-        assert _config_value(got, "MeterValueSampleInterval") == "30"
+        assert config_value(got, "MeterValueSampleInterval") == "30"
         # RemoteStartTransaction is not allowed while Pending (§4.2.1).
         remote = await b.csms.call(call.RemoteStartTransaction(id_tag="TAG-OK", connector_id=1))
         assert remote.status == "Rejected"
@@ -77,8 +51,8 @@ async def test_TC_002_cold_boot_pending(tmp_path: Path) -> None:
         # The rejected remote start left no trace: no session was started.
         assert b.statuses(1, after=after_boot) == ["Available"]
         assert b.app.charger.connector(1).auth is None
-        assert "StartTransaction" not in _actions(b, 0)
-        assert "Authorize" not in _actions(b, 0)
+        assert "StartTransaction" not in b.actions(0)
+        assert "Authorize" not in b.actions(0)
 
         # 11. Heartbeats every interval of step 8 (1 s).
         beat1 = await b.csms.wait_for("Heartbeat", after=after_boot, timeout_s=5)
@@ -98,7 +72,7 @@ async def test_TC_004_1_regular_charging_session_identification_first(tmp_path: 
         authorize = await b.csms.wait_for("Authorize", after=mark)
         assert authorize.payload == {"idTag": "TAG-OK"}
         preparing = await b.wait_status(1, "Preparing", after=mark)
-        assert "StartTransaction" not in _actions(b, mark)  # no cable yet
+        assert "StartTransaction" not in b.actions(mark)  # no cable yet
         # 2. The driver plugs in.
         b.ev(1).plug()
         # 3/5 (in either order). StartTransaction for that card, and Charging.
@@ -126,8 +100,8 @@ async def test_TC_004_2_identification_first_connection_timeout(tmp_path: Path) 
         plug_mark = b.csms.mark()
         b.ev(1).plug()
         await b.wait_status(1, "Preparing", after=plug_mark)
-        await _barrier(b)
-        assert "StartTransaction" not in _actions(b, mark)
+        await b.barrier()
+        assert "StartTransaction" not in b.actions(mark)
         assert b.ev(1).snapshot()["contactor_commanded"] is False
 
 
@@ -180,8 +154,8 @@ async def test_TC_005_3_ev_side_disconnected_tx_continues(tmp_path: Path) -> Non
         assert b.ev(1).snapshot()["contactor_commanded"] is False
         # UnlockConnectorOnEVSideDisconnect=false: the cable stays locked.
         assert b.ev(1).snapshot()["locked"] is True
-        await _barrier(b)
-        assert "StopTransaction" not in _actions(b, mark)
+        await b.barrier()
+        assert "StopTransaction" not in b.actions(mark)
         # 3-4. RemoteStopTransaction for the transaction that is still running: Accepted.
         stop_mark = b.csms.mark()
         result = await b.csms.call(call.RemoteStopTransaction(transaction_id=tx))
@@ -201,9 +175,9 @@ async def test_TC_068_stop_transaction_with_same_id_tag(tmp_path: Path) -> None:
         # only connector is busy and its transaction has no parent idTag to match).
         mark = b.csms.mark()
         b.swipe("TAG-OTHER")
-        await _barrier(b)
-        assert "Authorize" not in _actions(b, mark)
-        assert "StopTransaction" not in _actions(b, mark)
+        await b.barrier()
+        assert "Authorize" not in b.actions(mark)
+        assert "StopTransaction" not in b.actions(mark)
         assert b.app.charger.connector(1).tx is not None
         # 2-5. The card that started the transaction stops it, without an Authorize.req.
         mark = b.csms.mark()
@@ -213,7 +187,7 @@ async def test_TC_068_stop_transaction_with_same_id_tag(tmp_path: Path) -> None:
         assert stop.payload["idTag"] == "TAG-OK"
         assert stop.payload.get("reason", "Local") == "Local"
         await b.wait_status(1, "Finishing", after=mark)
-        assert "Authorize" not in _actions(b, mark)
+        assert "Authorize" not in b.actions(mark)
 
 
 async def test_TC_023_4_local_start_authorize_invalid(tmp_path: Path) -> None:
@@ -227,13 +201,13 @@ async def test_TC_023_4_local_start_authorize_invalid(tmp_path: Path) -> None:
         b.swipe("BAD")
         authorize = await b.csms.wait_for("Authorize", after=mark)
         assert authorize.payload == {"idTag": "BAD"}
-        await _barrier(b)
+        await b.barrier()
         # 3. The driver plugs in: Preparing.
         b.ev(1).plug()
         await b.wait_status(1, "Preparing", after=mark)
         # Expected: no transaction is started.
-        await _barrier(b)
-        assert "StartTransaction" not in _actions(b, mark)
+        await b.barrier()
+        assert "StartTransaction" not in b.actions(mark)
         assert b.app.charger.connector(1).tx is None
         assert b.ev(1).snapshot()["contactor_commanded"] is False
         assert b.ev(1).snapshot()["power_w"] == 0
