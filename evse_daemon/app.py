@@ -234,8 +234,6 @@ class App:
                 hw.rcd.set_listener(None)
 
     def _hardware_changed(self, connector_id: int) -> None:
-        if self._stop.is_set() and not self.started.is_set():
-            return
         self._read_inputs(connector_id)
         self._apply(self.charger.drain())
 
@@ -375,7 +373,7 @@ class App:
                 self.adapter.status_changed(event)
             elif isinstance(event, TransactionStarted):
                 reading = self.charger.connector(event.connector_id).meter
-                energy = reading.energy_import_wh if reading else 0.0
+                energy = self._register_wh(event.connector_id, reading)
                 self.narrate(
                     "tx",
                     "started",
@@ -388,7 +386,7 @@ class App:
                 self.adapter.transaction_started(event, energy, reading)
             elif isinstance(event, TransactionStopped):
                 reading = await self._final_reading(event.connector_id)
-                energy = reading.energy_import_wh if reading else 0.0
+                energy = self._register_wh(event.connector_id, reading)
                 self.narrate(
                     "tx",
                     "stopped",
@@ -411,6 +409,15 @@ class App:
                     event.connector_id,
                     "operative" if event.operative else "inoperative",
                 )
+
+    @staticmethod
+    def _register_wh(connector_id: int, reading: MeterReading | None) -> float:
+        if reading is None:
+            # Cannot happen: a connector whose meter never answered is faulted and starts no
+            # transaction. Should it ever, say so loudly rather than quietly report 0 Wh.
+            log.error("connector %d: no meter reading for a transaction message", connector_id)
+            return 0.0
+        return reading.energy_import_wh
 
     def narrate(self, kind: str, what: str, data: dict[str, Any]) -> None:
         if self._narrator is not None:
