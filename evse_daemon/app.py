@@ -10,11 +10,13 @@ meter. A 50 ms safety loop re-reads every input as a backstop and runs the contr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import math
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from drivers.protocols import CpState, MeterError, MeterReading, PilotOutput, ReaderError
@@ -62,6 +64,14 @@ SHUTDOWN_FLUSH_S = 3.0
 Narrator = Callable[[str, str, dict[str, Any]], None]
 
 
+def _boot_id() -> str:
+    """The kernel's id of this boot: it changes when the board restarts, not the daemon."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
 class RunOutcome(enum.Enum):
     STOPPED = "stopped"
     SOFT_RESET = "soft-reset"
@@ -88,6 +98,8 @@ class App:
         self.clock: Clock = clock or SystemClock()
         self._narrator = narrator
         self.store = Store(config.storage.state_dir)
+        # Transaction ids continue from the store: loaded before the first transaction.
+        self._last_local_tx_id = 0
         self.keys = OcppConfiguration.for_connectors(len(config.connectors))
         self.charger = Charger(
             [
@@ -102,6 +114,7 @@ class App:
             ],
             self.clock,
             ChargerSettings(),
+            next_local_tx_id=self._next_local_tx_id,
         )
         self.authorizer = Authorizer(self.clock, AuthSettings())
         self.adapter = OcppAdapter16(
@@ -113,6 +126,7 @@ class App:
             clock=self.clock,
             persist_key=self._persist_key,
             narrator=narrator,
+            store=self.store,
         )
         self.control = ControlServer(config.control.socket, self)
         self._events: asyncio.Queue[Action] = asyncio.Queue()
@@ -145,6 +159,7 @@ class App:
                 await self._read_meter(connector_id)
                 self._read_inputs(connector_id)
                 self._apply(self.charger.drain())
+            await self._recover_transactions()
             self._install_listeners()
             await self.control.start()
             self.started.set()
@@ -180,9 +195,9 @@ class App:
         self._apply(self.charger.drain())
         # Let the forwarder hand the StopTransactions to the adapter, then let them go out.
         deadline = time.monotonic() + flush_s
-        # Polling: the queue has no "drained" event, and this runs once per stop.
-        while not self._events.empty() and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(flush_s):
+                await self._events.join()  # every event handed over, StopTransactions queued
         await self.adapter.flush(max(0.0, deadline - time.monotonic()))
 
     async def _load_state(self) -> None:
@@ -193,11 +208,60 @@ class App:
         for name in ignored:
             log.warning("ignoring stored OCPP configuration value for %s", name)
         self.configuration_changed("*")
+        self._last_local_tx_id = await self.store.last_local_id()
+        await self.adapter.load()
         availability = await self.store.get_all("availability")
         for key, operative in availability.items():
             connector_id = int(key)
             if connector_id in self.charger.connectors and operative is False:
                 self.charger.set_operative(connector_id, False)
+
+    def _next_local_tx_id(self) -> int:
+        self._last_local_tx_id += 1
+        return self._last_local_tx_id
+
+    async def _recover_transactions(self) -> None:
+        """Finish the transactions a previous run left open: the daemon was killed or the
+        power was cut while they ran. The meter kept counting meanwhile, so meterStop is what
+        it reads now."""
+        boot_id = _boot_id()
+        previous = (await self.store.get_all("daemon")).get("boot_id")
+        await self.store.put("daemon", "boot_id", boot_id)
+        # Same boot of the OS: only the daemon restarted (watchdog, crash, kill) → Reboot.
+        # Another boot: the board lost power (or was rebooted) under the transaction.
+        reason = StopReason.REBOOT if previous == boot_id else StopReason.POWER_LOSS
+        for tx in await self.store.transactions():
+            if tx["stopped"]:
+                continue  # its StopTransaction is already queued
+            connector_id = int(tx["connector_id"])
+            reading = (
+                self.charger.connector(connector_id).meter
+                if connector_id in self.charger.connectors
+                else None
+            )
+            if reading is not None:
+                meter_stop_wh = reading.energy_import_wh
+            else:
+                log.error(
+                    "connector %d: meter unreadable at start-up; transaction %d is closed "
+                    "with its start reading",
+                    connector_id,
+                    tx["local_id"],
+                )
+                meter_stop_wh = float(tx["meter_start_wh"])
+            log.warning(
+                "transaction %d on connector %d was still running: stopping it (%s)",
+                tx["local_id"],
+                connector_id,
+                reason.value,
+            )
+            await self.adapter.recovered_stop(
+                int(tx["local_id"]),
+                connector_id,
+                meter_stop_wh,
+                reason.value,
+                self.clock.utc_now(),
+            )
 
     async def _persist_key(self, key: str, value: str) -> None:
         await self.store.put("ocpp_config", key, value)
@@ -364,51 +428,57 @@ class App:
     async def _forward_events(self) -> None:
         while True:
             event = await self._events.get()
-            if isinstance(event, StatusChanged):
-                self.narrate(
-                    "status",
-                    event.status.value,
-                    {"connector": event.connector_id, "error": event.error_code.value},
-                )
-                self.adapter.status_changed(event)
-            elif isinstance(event, TransactionStarted):
-                reading = self.charger.connector(event.connector_id).meter
-                energy = self._register_wh(event.connector_id, reading)
-                self.narrate(
-                    "tx",
-                    "started",
-                    {
-                        "connector": event.connector_id,
-                        "id_tag": event.id_tag,
-                        "meter_start_wh": energy,
-                    },
-                )
-                self.adapter.transaction_started(event, energy, reading)
-            elif isinstance(event, TransactionStopped):
-                reading = await self._final_reading(event.connector_id)
-                energy = self._register_wh(event.connector_id, reading)
-                self.narrate(
-                    "tx",
-                    "stopped",
-                    {
-                        "connector": event.connector_id,
-                        "reason": event.reason.value,
-                        "meter_stop_wh": energy,
-                    },
-                )
-                self.adapter.transaction_stopped(event, energy, reading)
-            elif isinstance(event, AuthorizationExpired):
-                log.info(
-                    "connector %d: authorization of %s expired (ConnectionTimeOut)",
-                    event.connector_id,
-                    event.id_tag,
-                )
-            elif isinstance(event, AvailabilityChanged):
-                log.info(
-                    "connector %d: now %s",
-                    event.connector_id,
-                    "operative" if event.operative else "inoperative",
-                )
+            try:
+                await self._forward(event)
+            finally:
+                self._events.task_done()
+
+    async def _forward(self, event: Action) -> None:
+        if isinstance(event, StatusChanged):
+            self.narrate(
+                "status",
+                event.status.value,
+                {"connector": event.connector_id, "error": event.error_code.value},
+            )
+            self.adapter.status_changed(event)
+        elif isinstance(event, TransactionStarted):
+            reading = self.charger.connector(event.connector_id).meter
+            energy = self._register_wh(event.connector_id, reading)
+            self.narrate(
+                "tx",
+                "started",
+                {
+                    "connector": event.connector_id,
+                    "id_tag": event.id_tag,
+                    "meter_start_wh": energy,
+                },
+            )
+            await self.adapter.transaction_started(event, energy, reading)
+        elif isinstance(event, TransactionStopped):
+            reading = await self._final_reading(event.connector_id)
+            energy = self._register_wh(event.connector_id, reading)
+            self.narrate(
+                "tx",
+                "stopped",
+                {
+                    "connector": event.connector_id,
+                    "reason": event.reason.value,
+                    "meter_stop_wh": energy,
+                },
+            )
+            await self.adapter.transaction_stopped(event, energy, reading)
+        elif isinstance(event, AuthorizationExpired):
+            log.info(
+                "connector %d: authorization of %s expired (ConnectionTimeOut)",
+                event.connector_id,
+                event.id_tag,
+            )
+        elif isinstance(event, AvailabilityChanged):
+            log.info(
+                "connector %d: now %s",
+                event.connector_id,
+                "operative" if event.operative else "inoperative",
+            )
 
     @staticmethod
     def _register_wh(connector_id: int, reading: MeterReading | None) -> float:

@@ -36,6 +36,28 @@ CREATE TABLE IF NOT EXISTS kv (
 );
 """
 
+# The outbound transaction-message queue and the transactions it belongs to. A row exists
+# before the daemon acts as if the message was sent (synchronous=FULL: the commit is on the
+# card when the call returns), and goes only once the CSMS has answered.
+TX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tx_queue (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    action TEXT NOT NULL,
+    local_id INTEGER NOT NULL,
+    connector_id INTEGER NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS transactions (
+    local_id INTEGER PRIMARY KEY,
+    connector_id INTEGER NOT NULL,
+    id_tag TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    meter_start_wh REAL NOT NULL,
+    csms_id INTEGER,
+    stopped INTEGER NOT NULL DEFAULT 0
+);
+"""
+
 
 class Store:
     """Async facade over a SQLite database owned by one worker thread."""
@@ -74,6 +96,7 @@ class Store:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(SCHEMA)
+            db.executescript(TX_SCHEMA)
             db.execute("SELECT count(*) FROM kv").fetchone()
         except sqlite3.DatabaseError:
             db.close()
@@ -128,3 +151,140 @@ class Store:
             self.writes += 1
 
         await self._run(write)
+
+    # -- transactions and their messages -------------------------------------------------
+
+    async def last_local_id(self) -> int:
+        def read() -> int:
+            db = self._conn()
+            row = db.execute(
+                "SELECT value FROM kv WHERE namespace = 'tx' AND key = 'last_local_id'"
+            ).fetchone()
+            stored = int(json.loads(row[0])) if row else 0
+            (highest,) = db.execute(
+                "SELECT coalesce(max(local_id), 0) FROM transactions"
+            ).fetchone()
+            return max(stored, int(highest))
+
+        return await self._run(read)
+
+    async def load_queue(self) -> list[tuple[int, str, int, int, dict[str, Any]]]:
+        """Every queued message, oldest first: (seq, action, local id, connector, payload)."""
+
+        def read() -> list[tuple[int, str, int, int, dict[str, Any]]]:
+            rows = self._conn().execute(
+                "SELECT seq, action, local_id, connector_id, payload FROM tx_queue ORDER BY seq"
+            )
+            return [(seq, a, lid, cid, json.loads(p)) for seq, a, lid, cid, p in rows]
+
+        return await self._run(read)
+
+    async def transactions(self) -> list[dict[str, Any]]:
+        """Every transaction whose StopTransaction has not been answered yet."""
+
+        def read() -> list[dict[str, Any]]:
+            rows = self._conn().execute(
+                "SELECT local_id, connector_id, id_tag, started_at, meter_start_wh, csms_id, "
+                "stopped FROM transactions ORDER BY local_id"
+            )
+            keys = (
+                "local_id",
+                "connector_id",
+                "id_tag",
+                "started_at",
+                "meter_start_wh",
+                "csms_id",
+                "stopped",
+            )
+            return [dict(zip(keys, row, strict=True)) for row in rows]
+
+        return await self._run(read)
+
+    async def enqueue(
+        self,
+        action: str,
+        local_id: int,
+        connector_id: int,
+        payload: dict[str, Any],
+        *,
+        started: dict[str, Any] | None = None,
+        stopped: bool = False,
+    ) -> int:
+        """Queue a message durably; with ``started`` also record the new transaction, with
+        ``stopped`` mark it finished, in the same SQLite transaction."""
+        encoded = json.dumps(payload, separators=(",", ":"), default=str)
+
+        def write() -> int:
+            db = self._conn()
+            with _transaction(db):
+                if started is not None:
+                    db.execute(
+                        "INSERT OR REPLACE INTO transactions (local_id, connector_id, id_tag, "
+                        "started_at, meter_start_wh) VALUES (?, ?, ?, ?, ?)",
+                        (
+                            local_id,
+                            connector_id,
+                            started["id_tag"],
+                            started["started_at"],
+                            started["meter_start_wh"],
+                        ),
+                    )
+                    db.execute(
+                        "INSERT INTO kv (namespace, key, value) VALUES ('tx', 'last_local_id', ?) "
+                        "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value "
+                        "WHERE CAST(excluded.value AS INTEGER) > CAST(kv.value AS INTEGER)",
+                        (json.dumps(local_id),),
+                    )
+                if stopped:
+                    db.execute(
+                        "UPDATE transactions SET stopped = 1 WHERE local_id = ?", (local_id,)
+                    )
+                cursor = db.execute(
+                    "INSERT INTO tx_queue (action, local_id, connector_id, payload) "
+                    "VALUES (?, ?, ?, ?)",
+                    (action, local_id, connector_id, encoded),
+                )
+            self.writes += 1
+            return int(cursor.lastrowid or 0)
+
+        return await self._run(write)
+
+    async def delivered(
+        self,
+        seq: int,
+        *,
+        started_local_id: int | None = None,
+        csms_id: int | None = None,
+        finished_local_id: int | None = None,
+    ) -> None:
+        """The CSMS answered message ``seq``: drop it, and in the same SQLite transaction record
+        the transactionId a StartTransaction got, or forget a transaction whose
+        StopTransaction went through."""
+
+        def write() -> None:
+            db = self._conn()
+            with _transaction(db):
+                db.execute("DELETE FROM tx_queue WHERE seq = ?", (seq,))
+                if started_local_id is not None and csms_id is not None:
+                    db.execute(
+                        "UPDATE transactions SET csms_id = ? WHERE local_id = ?",
+                        (csms_id, started_local_id),
+                    )
+                if finished_local_id is not None:
+                    db.execute("DELETE FROM transactions WHERE local_id = ?", (finished_local_id,))
+            self.writes += 1
+
+        await self._run(write)
+
+
+class _transaction:
+    """BEGIN IMMEDIATE … COMMIT (ROLLBACK on error) on an autocommit connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")

@@ -40,6 +40,7 @@ from ..clock import Clock, SystemClock, iso_utc
 from ..config import OcppSection, StationConfig
 from ..ocpp_keys import ChangeResult, OcppConfiguration
 from ..ports import ChargerPort, ResetKind
+from ..store import Store
 from .frames import FrameError, Ignored, InboundCall, InboundReply, parse_inbound
 from .measurands import meter_value
 
@@ -82,6 +83,7 @@ class TxMessage:
     connector_id: int
     payload: dict[str, Any]
     attempts: int = 0
+    seq: int = 0  # its row in the store's queue (0 without a store)
     queued_at: float = field(default_factory=time.monotonic)
 
 
@@ -242,6 +244,7 @@ class OcppAdapter16:
         clock: Clock,
         persist_key: Callable[[str, str], Awaitable[None]] | None = None,
         narrator: Narrator | None = None,
+        store: Store | None = None,
     ) -> None:
         # The library validates in a thread pool by default; that thread races on shutdown
         # and adds a context switch per message. Inline validation costs ~0.1 ms.
@@ -253,6 +256,7 @@ class OcppAdapter16:
         self.authorizer = authorizer
         self.clock = clock
         self._persist_key = persist_key
+        self._store = store
         self._narrator = narrator
 
         self.registration = Registration.NONE
@@ -319,14 +323,28 @@ class OcppAdapter16:
         self._status_queue.append((time.monotonic(), event))
         self._status_changed.set()
 
-    def transaction_started(
+    async def load(self) -> None:
+        """Take over the queue and the transactionIds a previous run left in the store."""
+        if self._store is None:
+            return
+        for row in await self._store.transactions():
+            if row["csms_id"] is not None:
+                self._csms_tx_ids[row["local_id"]] = row["csms_id"]
+        for seq, action, local_id, connector_id, payload in await self._store.load_queue():
+            self._tx_queue.append(TxMessage(action, local_id, connector_id, payload, seq=seq))
+        if self._tx_queue:
+            log.info("%d transaction messages queued from before", len(self._tx_queue))
+            self._tx_idle.clear()
+            self._tx_changed.set()
+
+    async def transaction_started(
         self, event: TransactionStarted, meter_start_wh: float, reading: MeterReading | None
     ) -> None:
         self._active_tx[event.connector_id] = event.local_id
         self._last_sample[event.connector_id] = time.monotonic()
         if reading is not None:
             self._begin_readings[event.local_id] = reading
-        self._enqueue(
+        await self._enqueue(
             TxMessage(
                 "StartTransaction",
                 event.local_id,
@@ -337,10 +355,15 @@ class OcppAdapter16:
                     "meter_start": int(meter_start_wh),
                     "timestamp": iso_utc(event.timestamp),
                 },
-            )
+            ),
+            started={
+                "id_tag": event.id_tag,
+                "started_at": iso_utc(event.timestamp),
+                "meter_start_wh": meter_start_wh,
+            },
         )
 
-    def transaction_stopped(
+    async def transaction_stopped(
         self, event: TransactionStopped, meter_stop_wh: float, reading: MeterReading | None
     ) -> None:
         if self._active_tx.get(event.connector_id) == event.local_id:
@@ -365,9 +388,41 @@ class OcppAdapter16:
                 meter_value(event.timestamp, reading, offered, measurands, "Transaction.End")
             )
             payload["transaction_data"] = data
-        self._enqueue(TxMessage("StopTransaction", event.local_id, event.connector_id, payload))
+        await self._enqueue(
+            TxMessage("StopTransaction", event.local_id, event.connector_id, payload), stopped=True
+        )
 
-    def _enqueue(self, message: TxMessage) -> None:
+    async def recovered_stop(
+        self,
+        local_id: int,
+        connector_id: int,
+        meter_stop_wh: float,
+        reason: str,
+        timestamp: datetime,
+    ) -> None:
+        """Finish a transaction a previous run left open (power cut, kill, watchdog)."""
+        payload = {
+            "meter_stop": int(meter_stop_wh),
+            "timestamp": iso_utc(timestamp),
+            "reason": reason,
+        }
+        await self._enqueue(
+            TxMessage("StopTransaction", local_id, connector_id, payload), stopped=True
+        )
+
+    async def _enqueue(
+        self, message: TxMessage, *, started: dict[str, Any] | None = None, stopped: bool = False
+    ) -> None:
+        """Queue a transaction message: on the card first, then in memory for the sender."""
+        if self._store is not None:
+            message.seq = await self._store.enqueue(
+                message.action,
+                message.local_id,
+                message.connector_id,
+                message.payload,
+                started=started,
+                stopped=stopped,
+            )
         self._tx_queue.append(message)
         self._tx_idle.clear()
         self._tx_changed.set()
@@ -636,7 +691,7 @@ class OcppAdapter16:
             delivered = await self._deliver(link, message)
             if self._tx_queue and self._tx_queue[0] is message:
                 if delivered:
-                    self._tx_queue.popleft()
+                    await self._forget(message)
                     continue
                 message.attempts += 1
                 attempts = max(1, self.keys.get_int("TransactionMessageAttempts"))
@@ -647,11 +702,26 @@ class OcppAdapter16:
                         message.local_id,
                         message.attempts,
                     )
-                    self._tx_queue.popleft()
+                    await self._forget(message)
                     continue
                 # §4.8 (errata 3.17): wait RetryInterval × the attempts so far.
                 interval = self.keys.get_int("TransactionMessageRetryInterval")
                 await asyncio.sleep(interval * message.attempts)
+
+    async def _forget(self, message: TxMessage) -> None:
+        """Drop the head of the queue once it is answered (or given up on), store first."""
+        if self._store is not None and message.seq:
+            is_start = message.action == "StartTransaction"
+            await self._store.delivered(
+                message.seq,
+                started_local_id=message.local_id if is_start else None,
+                csms_id=self._csms_tx_ids.get(message.local_id) if is_start else None,
+                finished_local_id=(
+                    message.local_id if message.action == "StopTransaction" else None
+                ),
+            )
+        if self._tx_queue and self._tx_queue[0] is message:
+            self._tx_queue.popleft()
 
     async def _deliver(self, link: _Link, message: TxMessage) -> bool:
         payload = dict(message.payload)
@@ -696,7 +766,7 @@ class OcppAdapter16:
                 for connector_id, local_id in list(self._active_tx.items()):
                     if now - self._last_sample.get(connector_id, now) >= interval:
                         self._last_sample[connector_id] = now
-                        self._sample(
+                        await self._sample(
                             connector_id,
                             local_id,
                             "Sample.Periodic",
@@ -712,7 +782,7 @@ class OcppAdapter16:
             elif wall >= next_aligned:
                 measurands = self.keys.get_csl("MeterValuesAlignedData")
                 for connector_id in self.port.connector_ids:
-                    self._sample(
+                    await self._sample(
                         connector_id,
                         self._active_tx.get(connector_id),
                         "Sample.Clock",
@@ -721,7 +791,7 @@ class OcppAdapter16:
                     )
                 next_aligned = _next_boundary(wall, aligned_s)
 
-    def _sample(
+    async def _sample(
         self,
         connector_id: int,
         local_id: int | None,
@@ -741,7 +811,7 @@ class OcppAdapter16:
         )
         payload = {"connector_id": connector_id, "meter_value": [value]}
         if local_id is not None:
-            self._enqueue(TxMessage("MeterValues", local_id, connector_id, payload))
+            await self._enqueue(TxMessage("MeterValues", local_id, connector_id, payload))
         elif self.online and self._link is not None:
             # Meter values outside a transaction are not transaction messages: sent when
             # online, not queued.

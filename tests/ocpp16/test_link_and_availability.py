@@ -107,6 +107,8 @@ async def test_status_json_has_the_fields_of_the_design(tmp_path: Path) -> None:
     async with bench(tmp_path, connectors=2) as b:
         await b.booted()
         await b.start_charging(2, "TAG-ST")
+        # The StartTransaction leaves the queue once its answer is recorded in the store.
+        await b.wait_until(lambda: b.app.status()["ocpp"]["queue_depth"] == 0)
         status = b.app.status()
         assert status["ocpp"]["registration"] == "Accepted"
         assert status["ocpp"]["connected"] is True
