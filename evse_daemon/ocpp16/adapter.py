@@ -507,6 +507,8 @@ class OcppAdapter16:
             max_size=WEBSOCKET_MAX_FRAME_BYTES,
             proxy=None,
             compression=None,
+            # A stopping daemon does not wait 10 s (the default) for the CSMS's close frame.
+            close_timeout=2.0,
         ) as ws:
             if ws.subprotocol != SUBPROTOCOL:
                 # A CSMS that negotiated no subprotocol may not speak 1.6 at all.
