@@ -127,6 +127,7 @@ class App:
             persist_key=self._persist_key,
             narrator=narrator,
             store=self.store,
+            max_queued_messages=config.storage.max_queued_messages,
         )
         self.control = ControlServer(config.control.socket, self)
         self._events: asyncio.Queue[Action] = asyncio.Queue()

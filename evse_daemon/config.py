@@ -107,6 +107,9 @@ class OcppSection:
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
     state_dir: str = "/var/lib/evse-daemon"
+    # Bound of the outbound transaction-message queue; past it, intermediate meter values
+    # are thinned (StartTransaction/StopTransaction are never dropped).
+    max_queued_messages: int = 10000
 
 
 @dataclass(frozen=True, slots=True)
@@ -1047,11 +1050,16 @@ def _storage(chk: _Checker, data: Mapping[str, object]) -> StorageConfig | None:
         return None if "storage" in data else StorageConfig()
     path: KeyPath = ("storage",)
     mark = chk.mark()
-    chk.unknown_keys(table, path, ("state_dir",))
+    chk.unknown_keys(table, path, ("state_dir", "max_queued_messages"))
     state_dir = chk.string(table, path, "state_dir")
+    max_queued = chk.integer(table, path, "max_queued_messages", lo=10, hi=1_000_000)
     if chk.failed_since(mark):
         return None
-    return StorageConfig() if state_dir is None else StorageConfig(state_dir)
+    defaults = StorageConfig()
+    return StorageConfig(
+        state_dir if state_dir is not None else defaults.state_dir,
+        max_queued if max_queued is not None else defaults.max_queued_messages,
+    )
 
 
 def _control(chk: _Checker, data: Mapping[str, object]) -> ControlConfig | None:

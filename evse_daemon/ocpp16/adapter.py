@@ -245,6 +245,7 @@ class OcppAdapter16:
         persist_key: Callable[[str, str], Awaitable[None]] | None = None,
         narrator: Narrator | None = None,
         store: Store | None = None,
+        max_queued_messages: int = 10000,
     ) -> None:
         # The library validates in a thread pool by default; that thread races on shutdown
         # and adds a context switch per message. Inline validation costs ~0.1 ms.
@@ -257,6 +258,8 @@ class OcppAdapter16:
         self.clock = clock
         self._persist_key = persist_key
         self._store = store
+        self.max_queued_messages = max_queued_messages
+        self.thinned_meter_values = 0
         self._narrator = narrator
 
         self.registration = Registration.NONE
@@ -314,6 +317,8 @@ class OcppAdapter16:
             "connected": self.connected,
             "registration": self.registration,
             "queue_depth": self.queue_depth,
+            "queue_bound": self.max_queued_messages,
+            "thinned_meter_values": self.thinned_meter_values,
             "connections": self.connection_count,
         }
 
@@ -392,6 +397,38 @@ class OcppAdapter16:
             TxMessage("StopTransaction", event.local_id, event.connector_id, payload), stopped=True
         )
 
+    async def _thin(self) -> None:
+        """Make room by dropping one intermediate meter value: from the transaction with the
+        most queued, the one whose neighbours are closest in time, so the series that remains
+        is as even as possible. Start, Stop, and the first and last meter value of a
+        transaction are never dropped; the head of the queue may be in flight and stays."""
+        by_transaction: dict[int, list[TxMessage]] = {}
+        for message in list(self._tx_queue)[1:]:
+            if message.action == "MeterValues":
+                by_transaction.setdefault(message.local_id, []).append(message)
+        candidates = max(by_transaction.values(), key=len, default=[])
+        if len(candidates) < 3:
+            log.error(
+                "transaction queue over its bound of %d and nothing left to thin",
+                self.max_queued_messages,
+            )
+            return
+        times = [_sample_time(m) for m in candidates]
+        victim_index = min(range(1, len(candidates) - 1), key=lambda i: times[i + 1] - times[i - 1])
+        victim = candidates[victim_index]
+        self._tx_queue.remove(victim)
+        if self._store is not None and victim.seq:
+            await self._store.delivered(victim.seq)
+        if self.thinned_meter_values % 100 == 0:
+            log.warning(
+                "transaction queue full (%d messages): thinning meter values of transaction %d "
+                "(%d dropped so far)",
+                self.max_queued_messages,
+                victim.local_id,
+                self.thinned_meter_values + 1,
+            )
+        self.thinned_meter_values += 1
+
     async def recovered_stop(
         self,
         local_id: int,
@@ -414,6 +451,8 @@ class OcppAdapter16:
         self, message: TxMessage, *, started: dict[str, Any] | None = None, stopped: bool = False
     ) -> None:
         """Queue a transaction message: on the card first, then in memory for the sender."""
+        if message.action == "MeterValues" and len(self._tx_queue) >= self.max_queued_messages:
+            await self._thin()
         if self._store is not None:
             message.seq = await self._store.enqueue(
                 message.action,
@@ -967,6 +1006,16 @@ class OcppAdapter16:
         if local_id is not None and local_id in self._csms_tx_ids:
             payload["transaction_id"] = self._csms_tx_ids[local_id]
         await self._call(link, call.MeterValues(**payload))
+
+
+def _sample_time(message: TxMessage) -> float:
+    """When a queued MeterValues was sampled (seconds since the epoch)."""
+    try:
+        stamp = message.payload["meter_value"][0]["timestamp"]
+        moment = _parse_time(str(stamp))
+    except (KeyError, IndexError, TypeError):
+        moment = None
+    return moment.timestamp() if moment is not None else message.queued_at
 
 
 async def _wait_event(event: asyncio.Event, timeout_s: float | None) -> bool:
