@@ -209,6 +209,7 @@ class Store:
         *,
         started: dict[str, Any] | None = None,
         stopped: bool = False,
+        seq: int | None = None,
     ) -> int:
         """Queue a message durably; with ``started`` also record the new transaction, with
         ``stopped`` mark it finished, in the same SQLite transaction."""
@@ -239,10 +240,12 @@ class Store:
                     db.execute(
                         "UPDATE transactions SET stopped = 1 WHERE local_id = ?", (local_id,)
                     )
+                # An explicit seq places a message before others already queued (a sample that
+                # was being sent directly when the link failed).
                 cursor = db.execute(
-                    "INSERT INTO tx_queue (action, local_id, connector_id, payload) "
-                    "VALUES (?, ?, ?, ?)",
-                    (action, local_id, connector_id, encoded),
+                    "INSERT INTO tx_queue (seq, action, local_id, connector_id, payload) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (seq, action, local_id, connector_id, encoded),
                 )
             self.writes += 1
             return int(cursor.lastrowid or 0)
@@ -263,15 +266,26 @@ class Store:
 
         def write() -> None:
             db = self._conn()
-            with _transaction(db):
-                db.execute("DELETE FROM tx_queue WHERE seq = ?", (seq,))
-                if started_local_id is not None and csms_id is not None:
-                    db.execute(
-                        "UPDATE transactions SET csms_id = ? WHERE local_id = ?",
-                        (csms_id, started_local_id),
-                    )
-                if finished_local_id is not None:
-                    db.execute("DELETE FROM transactions WHERE local_id = ?", (finished_local_id,))
+            # Without fsync: a lost delete only means the message is sent again after a power
+            # cut (the at-least-once window of OCPP 1.6, which has no message id); a kill of
+            # the daemon loses nothing (the page cache survives it). The next FULL commit, an
+            # enqueue, makes it durable. This keeps a backlog draining at the CSMS's pace
+            # instead of the card's.
+            db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with _transaction(db):
+                    db.execute("DELETE FROM tx_queue WHERE seq = ?", (seq,))
+                    if started_local_id is not None and csms_id is not None:
+                        db.execute(
+                            "UPDATE transactions SET csms_id = ? WHERE local_id = ?",
+                            (csms_id, started_local_id),
+                        )
+                    if finished_local_id is not None:
+                        db.execute(
+                            "DELETE FROM transactions WHERE local_id = ?", (finished_local_id,)
+                        )
+            finally:
+                db.execute("PRAGMA synchronous=FULL")
             self.writes += 1
 
         await self._run(write)

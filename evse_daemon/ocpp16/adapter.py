@@ -83,7 +83,11 @@ class TxMessage:
     connector_id: int
     payload: dict[str, Any]
     attempts: int = 0
-    seq: int = 0  # its row in the store's queue (0 without a store)
+    seq: int = 0  # its row in the store's queue (0 without a store, or not written)
+    # A sampled meter value taken while online with nothing queued is sent straight away and
+    # written to the card only if it cannot be delivered: online charging then writes
+    # nothing per sample (storage wear). Start and Stop are always written first.
+    durable: bool = True
     queued_at: float = field(default_factory=time.monotonic)
 
 
@@ -260,6 +264,7 @@ class OcppAdapter16:
         self._store = store
         self.max_queued_messages = max_queued_messages
         self.thinned_meter_values = 0
+        self._forgetting: asyncio.Future[None] | None = None
         self._narrator = narrator
 
         self.registration = Registration.NONE
@@ -417,7 +422,7 @@ class OcppAdapter16:
         victim_index = min(range(1, len(candidates) - 1), key=lambda i: times[i + 1] - times[i - 1])
         victim = candidates[victim_index]
         self._tx_queue.remove(victim)
-        if self._store is not None and victim.seq:
+        if self._store is not None and victim.durable:
             await self._store.delivered(victim.seq)
         if self.thinned_meter_values % 100 == 0:
             log.warning(
@@ -729,7 +734,15 @@ class OcppAdapter16:
                 await self._tx_changed.wait()
                 continue
             message = self._tx_queue[0]
-            delivered = await self._deliver(link, message)
+            try:
+                delivered = await self._deliver(link, message)
+            except BaseException:
+                # The link broke (or the daemon stops) under a message not yet written.
+                if not message.durable:
+                    await asyncio.shield(self._persist(message))
+                raise
+            if not delivered and not message.durable:
+                await self._persist(message)
             if self._tx_queue and self._tx_queue[0] is message:
                 if delivered:
                     await self._forget(message)
@@ -749,20 +762,49 @@ class OcppAdapter16:
                 interval = self.keys.get_int("TransactionMessageRetryInterval")
                 await asyncio.sleep(interval * message.attempts)
 
+    async def _persist(self, message: TxMessage) -> None:
+        """Write a message that was being sent directly, keeping its place in the queue."""
+        if self._store is None or message.durable:
+            return
+        later = [m.seq for m in self._tx_queue if m.durable and m.seq]
+        message.seq = await self._store.enqueue(
+            message.action,
+            message.local_id,
+            message.connector_id,
+            message.payload,
+            seq=min(later) - 1 if later else None,
+        )
+        message.durable = True
+
     async def _forget(self, message: TxMessage) -> None:
-        """Drop the head of the queue once it is answered (or given up on), store first."""
-        if self._store is not None and message.seq:
+        """Drop the head of the queue once it is answered (or given up on).
+
+        The store's delete runs while the next message is on its way: at most one delete is
+        outstanding, and the store's single writer thread keeps every write in order. A power
+        cut before the delete commits means that message is sent again after the restart
+        (at-least-once; OCPP 1.6 has no message id to deduplicate by).
+        """
+        if self._forgetting is not None:
+            await self._forgetting
+            self._forgetting = None
+        if self._store is not None and message.durable:
             is_start = message.action == "StartTransaction"
-            await self._store.delivered(
-                message.seq,
-                started_local_id=message.local_id if is_start else None,
-                csms_id=self._csms_tx_ids.get(message.local_id) if is_start else None,
-                finished_local_id=(
-                    message.local_id if message.action == "StopTransaction" else None
-                ),
+            self._forgetting = asyncio.ensure_future(
+                self._store.delivered(
+                    message.seq,
+                    started_local_id=message.local_id if is_start else None,
+                    csms_id=self._csms_tx_ids.get(message.local_id) if is_start else None,
+                    finished_local_id=(
+                        message.local_id if message.action == "StopTransaction" else None
+                    ),
+                )
             )
         if self._tx_queue and self._tx_queue[0] is message:
             self._tx_queue.popleft()
+        if not self._tx_queue and self._forgetting is not None:
+            # Nothing follows: "idle" (flush, shutdown) must mean "written" too.
+            await self._forgetting
+            self._forgetting = None
 
     async def _deliver(self, link: _Link, message: TxMessage) -> bool:
         payload = dict(message.payload)
@@ -852,7 +894,14 @@ class OcppAdapter16:
         )
         payload = {"connector_id": connector_id, "meter_value": [value]}
         if local_id is not None:
-            await self._enqueue(TxMessage("MeterValues", local_id, connector_id, payload))
+            message = TxMessage("MeterValues", local_id, connector_id, payload)
+            if self.online and not self._tx_queue:
+                message.durable = False
+                self._tx_queue.append(message)
+                self._tx_idle.clear()
+                self._tx_changed.set()
+            else:
+                await self._enqueue(message)
         elif self.online and self._link is not None:
             # Meter values outside a transaction are not transaction messages: sent when
             # online, not queued.
