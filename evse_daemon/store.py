@@ -4,10 +4,16 @@ Every call goes to one dedicated worker thread that owns the connection, so the 
 never waits on the SD card (an fsync there can take tens of milliseconds) and SQLite sees a
 single writer. The database runs in WAL mode.
 
-Durability per table: ``kv`` (OCPP configuration values, availability) is written with
-``synchronous=FULL`` semantics through an explicit commit per write; these writes are rare
-(a technician or the CSMS changes a setting) and losing one to a power cut would silently
-revert an operator's decision.
+Durability per table (the connection runs ``synchronous=FULL``: a commit is on the card when
+the call returns):
+
+- ``kv`` (OCPP configuration values, availability, counters): FULL. Rare writes (a
+  technician or the CSMS changes a setting); losing one would silently revert a decision.
+- ``tx_queue`` and ``transactions``: inserts FULL. A transaction message is on the card
+  before the daemon acts as if it was sent. Deletes after the CSMS's answer run without
+  fsync: losing one to a power cut only means that message is sent again (OCPP 1.6's
+  at-least-once window), and a killed daemon loses nothing, as the page cache survives it.
+- ``events``: FULL; rare records of what went wrong with the store itself.
 """
 
 from __future__ import annotations
@@ -28,6 +34,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS kv (
     namespace TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -69,6 +81,7 @@ class Store:
         )
         self._db: sqlite3.Connection | None = None
         self.writes = 0  # counted for the storage-wear figures
+        self.corrupt_moved_to: Path | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -89,6 +102,13 @@ class Store:
                 if src.exists():
                     src.rename(Path(str(aside) + suffix))
             self._db = self._connect()
+            # The SecurityEvent-style record: kept in the new database, so that it can be
+            # reported (and an operator can find the moved file).
+            self._db.execute(
+                "INSERT INTO events (at, kind, detail) VALUES (?, ?, ?)",
+                (time.time(), "StateDatabaseCorrupted", f"{exc}; moved to {aside.name}"),
+            )
+            self.corrupt_moved_to = aside
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -122,6 +142,15 @@ class Store:
         return self._db
 
     # -- key/value ---------------------------------------------------------------------
+
+    async def events(self) -> list[tuple[float, str, str]]:
+        """Records of what went wrong with the store itself: (unix time, kind, detail)."""
+
+        def read() -> list[tuple[float, str, str]]:
+            rows = self._conn().execute("SELECT at, kind, detail FROM events ORDER BY id")
+            return [(float(a), str(k), str(d)) for a, k, d in rows]
+
+        return await self._run(read)
 
     async def get_all(self, namespace: str) -> dict[str, Any]:
         def read() -> dict[str, Any]:
