@@ -57,9 +57,6 @@ FAULT_KINDS: Final = CONNECTOR_FAULT_KINDS | READER_FAULT_KINDS
 # weeks from growing without limit.
 HISTORY_LENGTH: Final = 1000
 
-# A real meter's register survives power cuts; the mock writes its register at most this often
-# so that a bench charger on an SD card does not wear it out with one write per reading.
-_SAVE_INTERVAL_S: Final = 1.0
 
 _NORMAL_TEMPERATURE_C: Final = 35.0
 _OVERTEMP_TEMPERATURE_C: Final = 95.0
@@ -186,9 +183,7 @@ class MockConnectorHardware:
         )
         self._energy_wh = self._load_register()
         self._saved_wh = self._energy_wh
-        now = clock()
-        self._integrated_until = now
-        self._last_save_t = now
+        self._integrated_until = clock()
         # Serializes file writes so that an older value can never overwrite a newer one.
         self._save_mutex = threading.Lock()
 
@@ -435,7 +430,7 @@ class MockConnectorHardware:
         # that forgets the await or assumes an instant answer shows up in tests.
         await asyncio.sleep(self.meter_latency_s)
         with self._mutex:
-            now = self._integrate_locked()
+            self._integrate_locked()
             faulted = "meter" in self._faults
             current_a, phases_used = self._draw_locked()
             reading = MeterReading(
@@ -444,13 +439,11 @@ class MockConnectorHardware:
                 current_a=tuple(self._phase_currents(current_a, phases_used)),
                 voltage_v=(self.nominal_voltage_v,) * self.phases,
             )
-            save = (
-                self._register_path is not None
-                and now - self._last_save_t >= _SAVE_INTERVAL_S
-                and self._energy_wh != self._saved_wh
-            )
-            if save:
-                self._last_save_t = now  # concurrent readers must not all save
+            # A real meter's register survives the Pi: a value the meter has answered can never
+            # be taken back by a kill or a power cut. So the register is on the card before the
+            # answer whenever it moved since the last save (only while energy flows: an idle
+            # meter writes nothing, a charging one about once per reading of the meter loop).
+            save = self._register_path is not None and self._energy_wh != self._saved_wh
         if save:
             # Saved even while faulted: the real meter keeps its register while it is silent.
             await asyncio.to_thread(self._save_register)

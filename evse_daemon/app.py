@@ -76,6 +76,9 @@ class RunOutcome(enum.Enum):
     STOPPED = "stopped"
     SOFT_RESET = "soft-reset"
     HARD_RESET = "hard-reset"
+    # The power is failing (SIGPWR from a UPS or backup-power monitor): the transactions end
+    # with reason PowerLoss while the backup lasts (OCTT TC_032_1), then the daemon stops.
+    POWER_LOSS = "power-loss"
 
 
 class _Stop(Exception):
@@ -189,6 +192,8 @@ class App:
         await self._stop.wait()
         if self.outcome is RunOutcome.STOPPED:
             await self._stop_transactions(StopReason.REBOOT, SHUTDOWN_FLUSH_S)
+        elif self.outcome is RunOutcome.POWER_LOSS:
+            await self._stop_transactions(StopReason.POWER_LOSS, SHUTDOWN_FLUSH_S)
         raise _Stop
 
     async def _stop_transactions(self, reason: StopReason, flush_s: float) -> None:
@@ -211,6 +216,7 @@ class App:
         self.configuration_changed("*")
         self._last_local_tx_id = await self.store.last_local_id()
         await self.adapter.load()
+        await self.adapter.load_authorization()
         availability = await self.store.get_all("availability")
         for key, operative in availability.items():
             connector_id = int(key)
@@ -554,11 +560,13 @@ class App:
     def can_remote_start(self, connector_id: int | None) -> bool:
         return self.charger.connector_for_remote_start(connector_id) is not None
 
-    def remote_start(self, connector_id: int | None, id_tag: str) -> bool:
+    def remote_start(
+        self, connector_id: int | None, id_tag: str, parent_id_tag: str | None = None
+    ) -> bool:
         target = self.charger.connector_for_remote_start(connector_id)
         if target is None:
             return False
-        started = self.charger.remote_start(target.connector_id, id_tag)
+        started = self.charger.remote_start(target.connector_id, id_tag, parent_id_tag)
         self._apply(self.charger.drain())
         return started
 
@@ -620,6 +628,9 @@ class App:
         auth.local_pre_authorize = keys.get_bool("LocalPreAuthorize")
         auth.local_authorize_offline = keys.get_bool("LocalAuthorizeOffline")
         auth.allow_offline_tx_for_unknown_id = keys.get_bool("AllowOfflineTxForUnknownId")
+        auth.local_auth_list_enabled = keys.get_bool("LocalAuthListEnabled")
+        auth.local_auth_list_max_length = keys.get_int("LocalAuthListMaxLength")
+        auth.send_local_list_max_length = keys.get_int("SendLocalListMaxLength")
 
     # --- the control socket -----------------------------------------------------------------
 

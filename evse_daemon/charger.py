@@ -59,6 +59,8 @@ class ErrorCode(enum.StrEnum):
     GROUND_FAILURE = "GroundFailure"
     HIGH_TEMPERATURE = "HighTemperature"
     INTERNAL_ERROR = "InternalError"
+    # Connector 0 only: the CSMS's verdict on an idTag contradicts the local list (§3.5.2).
+    LOCAL_LIST_CONFLICT = "LocalListConflict"
     OTHER_ERROR = "OtherError"
     POWER_METER_FAILURE = "PowerMeterFailure"
     POWER_SWITCH_FAILURE = "PowerSwitchFailure"
@@ -286,6 +288,9 @@ class Connector:
         # The EV side was unplugged while the socket's lock held the cable: the cable is
         # still in the socket until the lock lets it go (there is no PP sensing yet).
         self.cable_held = False
+        # A transaction stopped DeAuthorized keeps the cable locked until its owner presents
+        # the idTag again, or one with the same parent (§3.5.4): (idTag, parentIdTag).
+        self.held_for: tuple[str, str | None] | None = None
         self.limit_a = max_current_a
         self.meter: MeterReading | None = None
 
@@ -510,6 +515,8 @@ class Connector:
     def _on_ev_disconnected(self) -> None:
         tx = self.tx
         if tx is None:
+            if self.held_for is not None:
+                self.cable_held = True  # unplugged at the EV: the cable stays locked in
             return
         self.cable_held = self.has_lock
         if self._settings.stop_tx_on_ev_side_disconnect:
@@ -522,6 +529,7 @@ class Connector:
     def on_unlocked(self) -> None:
         """The lock let the cable go: a held cable can now be taken out."""
         self.cable_held = False
+        self.held_for = None
 
     def check_contactor_feedback(self, feedback_closed: bool | None) -> None:
         """Compare the auxiliary contact with the command (called by the safety loop)."""
@@ -562,6 +570,7 @@ class Connector:
     def can_authorize(self) -> bool:
         return (
             self.idle
+            and self.held_for is None
             and self.operative
             and self.blocking_fault is None
             and self.cp_state in (CpState.A, CpState.B, CpState.C, CpState.D)
@@ -618,11 +627,19 @@ class Connector:
         keep_locked = (
             reason is StopReason.EV_DISCONNECTED and not self._settings.unlock_on_ev_side_disconnect
         )
+        if self.has_lock and reason is StopReason.DE_AUTHORIZED:
+            keep_locked = True  # until the owner comes back (§3.5.4)
+            self.held_for = (tx.id_tag, tx.parent_id_tag)
         if self.has_lock and not keep_locked:
             self._unlock_pending = True  # once the contactor is open (reconcile)
         if self.scheduled_operative is not None:
             self.set_operative(self.scheduled_operative)
         return True
+
+    def release_hold(self) -> None:
+        """The owner of a cable held after a DeAuthorized stop came back: let it go."""
+        self.held_for = None
+        self._unlock_pending = True
 
     def set_operative(self, operative: bool) -> bool:
         """ChangeAvailability: True if applied now, False if scheduled after the transaction."""
@@ -799,8 +816,14 @@ class Charger:
     # -- users -------------------------------------------------------------------------
 
     def on_card(self, id_tag: str) -> CardDecision:
-        """A card was presented. Its own transaction stops at once (no Authorize needed)."""
+        """A card was presented. Its own transaction stops at once (no Authorize needed), and
+        a cable held for it after a DeAuthorized stop is let go."""
         for connector in self.connectors.values():
+            held = connector.held_for
+            if held is not None and held[0].casefold() == id_tag.casefold():
+                connector.release_hold()
+                self._reconcile()
+                return CardDecision.STOPPED
             tx = connector.tx
             if tx is not None and tx.id_tag.casefold() == id_tag.casefold():
                 connector.stop_transaction(StopReason.LOCAL, id_tag)
@@ -809,7 +832,8 @@ class Charger:
         # No free connector and no transaction that a card with the same parent idTag could
         # stop: asking the CSMS about this card is pointless (OCTT TC_068 step 1).
         if self._connector_for_card() is None and not any(
-            c.tx is not None and c.tx.parent_id_tag for c in self.connectors.values()
+            (c.tx is not None and c.tx.parent_id_tag) or (c.held_for and c.held_for[1])
+            for c in self.connectors.values()
         ):
             log.info("card %s ignored: no connector is free", id_tag)
             return CardDecision.IGNORED
@@ -824,6 +848,11 @@ class Charger:
             return None
         if parent_id_tag:
             for connector in self.connectors.values():
+                held = connector.held_for
+                if held is not None and held[1] and held[1].casefold() == parent_id_tag.casefold():
+                    connector.release_hold()
+                    self._reconcile()
+                    return connector.connector_id
                 tx = connector.tx
                 if (
                     tx is not None
@@ -872,11 +901,13 @@ class Charger:
             return None
         return connector
 
-    def remote_start(self, connector_id: int, id_tag: str) -> bool:
+    def remote_start(
+        self, connector_id: int, id_tag: str, parent_id_tag: str | None = None
+    ) -> bool:
         connector = self.connector_for_remote_start(connector_id)
         if connector is None:
             return False
-        connector.authorize(id_tag, remote=True)
+        connector.authorize(id_tag, remote=True, parent_id_tag=parent_id_tag)
         self._reconcile()
         return True
 

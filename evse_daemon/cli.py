@@ -55,9 +55,20 @@ async def run_daemon(config: Config) -> int:
         if current:
             current[0].request_stop()
 
+    def on_power_failure() -> None:
+        # SIGPWR: a UPS or backup-power monitor says the mains is failing. The transactions
+        # are stopped with reason PowerLoss while the backup lasts, then the daemon exits.
+        log.warning("SIGPWR: power failing: stopping every transaction (PowerLoss)")
+        stopping.set()
+        if current:
+            current[0].request_stop(RunOutcome.POWER_LOSS)
+
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    power_signal = getattr(signal, "SIGPWR", None)  # Linux only
+    if power_signal is not None:
+        loop.add_signal_handler(power_signal, on_power_failure)
     try:
         while True:
             app = App(config, hardware)

@@ -223,7 +223,7 @@ def core_keys(number_of_connectors: int) -> dict[str, KeyDef]:
             "SupportedFeatureProfiles",
             KeyType.CSL,
             readonly=True,
-            default="Core,RemoteTrigger",
+            default="Core,LocalAuthListManagement,RemoteTrigger",
             allowed_values=_FEATURE_PROFILES,
         ),
         _int("TransactionMessageAttempts", 3, lo=1),

@@ -41,8 +41,11 @@ class ChargerPort(Protocol):
 
     def can_remote_start(self, connector_id: int | None) -> bool: ...
 
-    def remote_start(self, connector_id: int | None, id_tag: str) -> bool:
-        """Authorize ``id_tag`` on the connector (None = the charger chooses)."""
+    def remote_start(
+        self, connector_id: int | None, id_tag: str, parent_id_tag: str | None = None
+    ) -> bool:
+        """Authorize ``id_tag`` on the connector (None = the charger chooses); its parent
+        idTag, when known, lets a card of the same group stop the transaction."""
 
     def remote_stop(self, connector_id: int) -> bool: ...
 

@@ -14,6 +14,13 @@ the call returns):
   fsync: losing one to a power cut only means that message is sent again (OCPP 1.6's
   at-least-once window), and a killed daemon loses nothing, as the page cache survives it.
 - ``events``: FULL; rare records of what went wrong with the store itself.
+- ``auth_list`` (the Local Authorization List, its version in ``kv``): FULL, list and version
+  in one SQLite transaction: a list that does not match the version the CSMS was told would
+  never be corrected (the CSMS only sends differences from that version).
+- ``auth_cache``: without fsync. A cache entry lost to a power cut only means an idTag is
+  asked online again or judged on the older entry; writing one per Authorize/Start/Stop
+  answer with fsync would cost the card more than it protects. Unchanged entries are not
+  written at all.
 """
 
 from __future__ import annotations
@@ -71,6 +78,31 @@ CREATE TABLE IF NOT EXISTS transactions (
 """
 
 
+# The Local Authorization List and the authorization cache (OCPP 1.6 §3.5). ``id_key`` is the
+# case-folded idTag (IdToken is case-insensitive); ``seq`` orders the cache by age, for
+# eviction. Times are ISO 8601 strings as the CSMS sent them, parsed when loaded.
+AUTH_SCHEMA = """
+CREATE TABLE IF NOT EXISTS auth_list (
+    id_key TEXT PRIMARY KEY,
+    id_tag TEXT NOT NULL,
+    status TEXT NOT NULL,
+    expiry TEXT,
+    parent TEXT
+);
+CREATE TABLE IF NOT EXISTS auth_cache (
+    id_key TEXT PRIMARY KEY,
+    id_tag TEXT NOT NULL,
+    status TEXT NOT NULL,
+    expiry TEXT,
+    parent TEXT,
+    seq INTEGER NOT NULL
+);
+"""
+
+# One stored authorization entry: (id_key, idTag, status, expiryDate or None, parentIdTag).
+AuthRow = tuple[str, str, str, str | None, str | None]
+
+
 class Store:
     """Async facade over a SQLite database owned by one worker thread."""
 
@@ -117,6 +149,7 @@ class Store:
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(SCHEMA)
             db.executescript(TX_SCHEMA)
+            db.executescript(AUTH_SCHEMA)
             db.execute("SELECT count(*) FROM kv").fetchone()
         except sqlite3.DatabaseError:
             db.close()
@@ -315,6 +348,98 @@ class Store:
                         )
             finally:
                 db.execute("PRAGMA synchronous=FULL")
+            self.writes += 1
+
+        await self._run(write)
+
+    # -- the Local Authorization List and the authorization cache ---------------------------
+
+    async def load_authorization(self) -> tuple[int, list[AuthRow], list[tuple[AuthRow, int]]]:
+        """(list version, list entries, cache entries with their age)."""
+
+        def read() -> tuple[int, list[AuthRow], list[tuple[AuthRow, int]]]:
+            db = self._conn()
+            row = db.execute(
+                "SELECT value FROM kv WHERE namespace = 'auth' AND key = 'list_version'"
+            ).fetchone()
+            version = int(json.loads(row[0])) if row else 0
+            entries: list[AuthRow] = [
+                (str(k), str(t), str(s), e, p)
+                for k, t, s, e, p in db.execute(
+                    "SELECT id_key, id_tag, status, expiry, parent FROM auth_list"
+                )
+            ]
+            cache: list[tuple[AuthRow, int]] = [
+                ((str(k), str(t), str(s), e, p), int(q))
+                for k, t, s, e, p, q in db.execute(
+                    "SELECT id_key, id_tag, status, expiry, parent, seq FROM auth_cache"
+                )
+            ]
+            return version, entries, cache
+
+        return await self._run(read)
+
+    async def write_local_list(
+        self, version: int, *, full: bool, upserts: list[AuthRow], removals: list[str]
+    ) -> None:
+        """Store a SendLocalList: a Full one replaces the list; the list and its version
+        change together or not at all."""
+
+        def write() -> None:
+            db = self._conn()
+            with _transaction(db):
+                if full:
+                    db.execute("DELETE FROM auth_list")
+                db.executemany("DELETE FROM auth_list WHERE id_key = ?", [(k,) for k in removals])
+                db.executemany(
+                    "INSERT OR REPLACE INTO auth_list (id_key, id_tag, status, expiry, parent) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    upserts,
+                )
+                db.execute(
+                    "INSERT INTO kv (namespace, key, value) VALUES ('auth', 'list_version', ?) "
+                    "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value",
+                    (json.dumps(version),),
+                )
+            self.writes += 1
+
+        await self._run(write)
+
+    def write_auth_cache(
+        self, entry: AuthRow, seq: int, evicted: list[str]
+    ) -> asyncio.Future[None]:
+        """One cache entry written (and the ones evicted to make room for it).
+
+        Handed to the worker thread at once, so it keeps its place before every store call
+        made after it (a ClearCache cannot be overtaken by an older entry), without making
+        the caller wait: an answer to a transaction message must not gain a wait, or a link
+        lost during it would send that message again.
+        """
+
+        def write() -> None:
+            db = self._conn()
+            # Without fsync (see the module docstring): the cache is a hint, not a record.
+            db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with _transaction(db):
+                    db.executemany(
+                        "DELETE FROM auth_cache WHERE id_key = ?", [(k,) for k in evicted]
+                    )
+                    db.execute(
+                        "INSERT OR REPLACE INTO auth_cache "
+                        "(id_key, id_tag, status, expiry, parent, seq) VALUES (?, ?, ?, ?, ?, ?)",
+                        (*entry, seq),
+                    )
+            finally:
+                db.execute("PRAGMA synchronous=FULL")
+            self.writes += 1
+
+        return asyncio.get_running_loop().run_in_executor(self._executor, write)
+
+    async def clear_auth_cache(self) -> None:
+        def write() -> None:
+            # FULL: a ClearCache answered Accepted must not be undone by a power cut.
+            self._conn().execute("DELETE FROM auth_cache")
             self.writes += 1
 
         await self._run(write)

@@ -196,6 +196,8 @@ async def bench(directory: Path, **kwargs: Any) -> AsyncIterator[Bench]:
             "boot_responses",
             "id_tag_status",
             "default_id_tag_status",
+            "id_tag_parent",
+            "id_tag_expiry",
             "heartbeat_interval_s",
         )
         if k in kwargs

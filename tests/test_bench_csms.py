@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import websockets
+from ocpp.exceptions import InternalError
 from ocpp.exceptions import NotImplementedError as OcppNotImplementedError
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint, call, call_result
@@ -380,6 +381,32 @@ async def test_every_cp_initiated_action_is_answered(csms: BenchCsms) -> None:
     assert results[1].status == "Accepted"
     assert [m.action for m in csms.received] == [type(r).__name__ for r in requests]
     assert csms.rejected() == []
+
+
+async def test_call_errors_fail_the_next_calls_of_an_action() -> None:
+    stop = call.StopTransaction(meter_stop=1, timestamp="2025-01-01T00:00:00Z", transaction_id=1)
+    async with BenchCsms(call_errors={"StopTransaction": 2, "Heartbeat": -1}) as csms:
+        async with charge_point(csms.url) as link:
+            for _ in range(2):
+                with pytest.raises(InternalError):
+                    await link.cp.call(stop, suppress=False)
+            answered = await link.cp.call(stop, suppress=False)
+            for _ in range(3):
+                with pytest.raises(InternalError):
+                    await link.cp.call(call.Heartbeat(), suppress=False)
+            await link.cp.call(BOOT, suppress=False)
+    assert answered is not None
+    assert [(m.action, m.error) for m in csms.received] == [
+        ("StopTransaction", "InternalError"),
+        ("StopTransaction", "InternalError"),
+        ("StopTransaction", None),
+        ("Heartbeat", "InternalError"),
+        ("Heartbeat", "InternalError"),
+        ("Heartbeat", "InternalError"),
+        ("BootNotification", None),
+    ]
+    assert len(csms.messages("StopTransaction")) == 1
+    assert len(csms.messages("StopTransaction", include_rejected=True)) == 3
 
 
 async def test_on_message_narrates_both_directions() -> None:

@@ -774,6 +774,39 @@ def test_transaction_rejected_stops_when_configured() -> None:
     ]
 
 
+def test_deauthorized_stop_keeps_the_cable_locked_until_the_owner_returns() -> None:
+    charger, _ = make(ConnectorSpec(1, 32, 3, has_lock=True), stop_tx_on_invalid_id=True)
+    charger.on_pilot(1, B)
+    charger.on_authorized("OWNER", True)
+    assert SetLock(1, True) in charger.drain()
+    charger.transaction_rejected(1, local_id=1)
+    actions = charger.drain()
+    assert TransactionStopped(1, 1, StopReason.DE_AUTHORIZED, T0, None) in actions
+    assert SetLock(1, False) not in actions  # §3.5.4: locked until the owner comes back
+    # Another card is not the owner, and starts nothing on the held connector.
+    assert charger.on_card("STRANGER") is CardDecision.IGNORED
+    assert charger.remote_start(1, "STRANGER") is False
+    assert charger.drain() == []
+    # The owner's card lets the cable go, without asking anyone.
+    assert charger.on_card("owner") is CardDecision.STOPPED
+    assert SetLock(1, False) in charger.drain()
+    assert charger.connector(1).held_for is None
+
+
+def test_deauthorized_hold_is_released_by_a_card_with_the_same_parent() -> None:
+    charger, _ = make(ConnectorSpec(1, 32, 3, has_lock=True), stop_tx_on_invalid_id=True)
+    charger.on_pilot(1, B)
+    charger.on_authorized("OWNER", True, "PARENT")
+    charger.transaction_rejected(1, local_id=1)
+    charger.drain()
+    assert charger.on_card("SIBLING") is CardDecision.AUTHORIZE
+    assert charger.on_authorized("SIBLING", True, "OTHER-PARENT") is None
+    assert charger.drain() == []
+    assert charger.on_authorized("SIBLING", True, "parent") == 1
+    assert SetLock(1, False) in charger.drain()
+    assert charger.transaction_on(1) is None
+
+
 def test_transaction_rejected_suspends_when_not_stopping() -> None:
     charger, clock = make(stop_tx_on_invalid_id=False)
     start_charging(charger)

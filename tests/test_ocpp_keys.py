@@ -51,7 +51,7 @@ EXPECTED_KEYS = {
     "StopTxnAlignedDataMaxLength": (KeyType.INT, True, "8"),
     "StopTxnSampledData": (KeyType.CSL, False, ""),
     "StopTxnSampledDataMaxLength": (KeyType.INT, True, "8"),
-    "SupportedFeatureProfiles": (KeyType.CSL, True, "Core,RemoteTrigger"),
+    "SupportedFeatureProfiles": (KeyType.CSL, True, "Core,LocalAuthListManagement,RemoteTrigger"),
     "TransactionMessageAttempts": (KeyType.INT, False, "3"),
     "TransactionMessageRetryInterval": (KeyType.INT, False, "60"),
     "UnlockConnectorOnEVSideDisconnect": (KeyType.BOOL, False, "true"),

@@ -68,6 +68,8 @@ _CALL, _CALLRESULT, _CALLERROR = 2, 3, 4
 # the way.
 _LIBRARY_RESPONSE_TIMEOUT_S = 3600
 _DROP_WAIT_S = 5.0
+# The CALLERROR code of a CALL that BenchCsms.call_errors tells the CSMS to fail.
+_FAILED_CALL_CODE = "InternalError"
 _TIMELINE_LIMIT = 60
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -162,7 +164,13 @@ class _CsmsChargePoint(_ChargePoint16):  # type: ignore[misc]  # ocpp is untyped
         if forward is None:
             return
         try:
-            await super().route_message(raw_msg)
+            pending = self._session.incoming.get(forward) if forward else None
+            if pending is not None and self._csms._take_call_error(pending[0]):
+                # Answered with a CALLERROR instead of being handled (retry tests).
+                error = [_CALLERROR, forward, _FAILED_CALL_CODE, "failed by the bench CSMS", {}]
+                await self._connection.send(json.dumps(error))
+            else:
+                await super().route_message(raw_msg)
         finally:
             if forward:
                 self._csms._after_routing(self._session, forward)
@@ -327,7 +335,10 @@ class BenchCsms:
         boot_responses: list[tuple[str, int]] | None = None,
         id_tag_status: dict[str, str] | None = None,
         default_id_tag_status: str = "Accepted",
+        id_tag_parent: dict[str, str] | None = None,
+        id_tag_expiry: dict[str, str] | None = None,
         on_message: MessageCallback | None = None,
+        call_errors: dict[str, int] | None = None,
     ) -> None:
         responses = list(boot_responses) if boot_responses else [("Accepted", heartbeat_interval_s)]
         registration = {s.value for s in RegistrationStatus}
@@ -349,7 +360,14 @@ class BenchCsms:
         self.boot_responses = responses
         self.id_tag_status = tag_status
         self.default_id_tag_status = default_id_tag_status
+        #: parentIdTag and expiryDate (OCPP dateTime) to answer for an idTag, if any.
+        self.id_tag_parent = dict(id_tag_parent or {})
+        self.id_tag_expiry = dict(id_tag_expiry or {})
         self.on_message = on_message
+        #: Action → how many of its next CALLs are answered with a CALLERROR (InternalError)
+        #: instead of being handled; a negative count fails them all. Such a CALL is recorded
+        #: in :attr:`received` with ``error="InternalError"``.
+        self.call_errors = dict(call_errors or {})
         self.url = ""
         self.received: list[ReceivedMessage] = []
         self.connections = 0
@@ -755,7 +773,19 @@ class BenchCsms:
 
     def _id_tag_info(self, id_tag: str) -> Any:
         status = self.id_tag_status.get(id_tag, self.default_id_tag_status)
-        return datatypes.IdTagInfo(status=AuthorizationStatus(status))
+        return datatypes.IdTagInfo(
+            status=AuthorizationStatus(status),
+            parent_id_tag=self.id_tag_parent.get(id_tag),
+            expiry_date=self.id_tag_expiry.get(id_tag),
+        )
+
+    def _take_call_error(self, action: str) -> bool:
+        remaining = self.call_errors.get(action, 0)
+        if remaining == 0:
+            return False
+        if remaining > 0:
+            self.call_errors[action] = remaining - 1
+        return True
 
     def _new_transaction(self, id_tag: str) -> int:
         transaction_id = self._next_transaction_id

@@ -9,10 +9,10 @@ into calls on the ``ChargerPort``. It never touches a driver.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -34,13 +34,13 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from drivers.protocols import MeterReading
 
-from ..auth import Authorizer, IdTagInfo
-from ..charger import StatusChanged, TransactionStarted, TransactionStopped
+from ..auth import Authorizer, IdTagInfo, ListEntry, StoredEntry, UpdateStatus
+from ..charger import ErrorCode, StatusChanged, TransactionStarted, TransactionStopped
 from ..clock import Clock, SystemClock, iso_utc
 from ..config import OcppSection, StationConfig
 from ..ocpp_keys import ChangeResult, OcppConfiguration
 from ..ports import ChargerPort, ResetKind
-from ..store import Store
+from ..store import AuthRow, Store
 from .frames import FrameError, Ignored, InboundCall, InboundReply, parse_inbound
 from .measurands import meter_value
 
@@ -91,15 +91,72 @@ class TxMessage:
     queued_at: float = field(default_factory=time.monotonic)
 
 
+# An expiryDate that cannot be read counts as passed: an authorization must never outlive the
+# date the CSMS meant because the date was written oddly.
+UNREADABLE_EXPIRY = datetime.min.replace(tzinfo=UTC)
+
+
+def _parse_expiry(value: object) -> datetime:
+    """An IdTagInfo's expiryDate (a time without zone is UTC); ValueError if unreadable."""
+    if not isinstance(value, str):
+        raise ValueError(f"expiryDate {value!r} is not a string")
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def _idtag_info(raw: dict[str, Any] | None) -> IdTagInfo | None:
     if not raw:
         return None
     expiry = raw.get("expiry_date")
     expiry_dt: datetime | None = None
-    if isinstance(expiry, str):
-        with contextlib.suppress(ValueError):
-            expiry_dt = datetime.fromisoformat(expiry.replace("Z", "+00:00"))
+    if expiry is not None:
+        try:
+            expiry_dt = _parse_expiry(expiry)
+        except ValueError:
+            log.warning("unreadable expiryDate %r in an IdTagInfo: taken as passed", expiry)
+            expiry_dt = UNREADABLE_EXPIRY
     return IdTagInfo(str(raw.get("status", "Invalid")), expiry_dt, raw.get("parent_id_tag"))
+
+
+def _list_entry(raw: dict[str, Any]) -> ListEntry:
+    """One AuthorizationData of a SendLocalList.req; ValueError for an unreadable expiryDate
+    (the update is refused rather than stored with a guessed date)."""
+    info = raw.get("id_tag_info")
+    if not info:
+        return ListEntry(str(raw["id_tag"]), None)
+    expiry = info.get("expiry_date")
+    return ListEntry(
+        str(raw["id_tag"]),
+        IdTagInfo(
+            str(info["status"]),
+            _parse_expiry(expiry) if expiry is not None else None,
+            info.get("parent_id_tag"),
+        ),
+    )
+
+
+def _log_cache_write(done: asyncio.Future[None], id_tag: str) -> None:
+    if done.cancelled():
+        return
+    exc = done.exception()
+    if exc is not None:
+        # The cache in memory is right for this run; only a restart would forget the entry.
+        log.error("authorization cache entry for %s not stored: %s", id_tag, exc)
+
+
+def _auth_row(entry: StoredEntry) -> AuthRow:
+    info = entry.info
+    expiry = info.expiry_date.isoformat() if info.expiry_date is not None else None
+    return (entry.key, entry.id_tag, info.status, expiry, info.parent_id_tag)
+
+
+def _stored_entry(row: AuthRow) -> StoredEntry:
+    key, id_tag, status, expiry, parent = row
+    try:
+        expiry_dt = _parse_expiry(expiry) if expiry is not None else None
+    except ValueError:
+        expiry_dt = UNREADABLE_EXPIRY
+    return StoredEntry(key, id_tag, IdTagInfo(status, expiry_dt, parent))
 
 
 def _parse_time(value: str) -> datetime | None:
@@ -210,9 +267,27 @@ class _Link(_OcppChargePoint):  # type: ignore[misc]
         )
 
     @on(Action.clear_cache, skip_schema_validation=True)
-    def _clear_cache(self, **_: Any) -> call_result.ClearCache:
-        self._adapter.authorizer.clear_cache()
-        return call_result.ClearCache(status="Accepted")
+    async def _clear_cache(self, **_: Any) -> call_result.ClearCache:
+        return call_result.ClearCache(status=await self._adapter.clear_cache())
+
+    @on(Action.get_local_list_version, skip_schema_validation=True)
+    def _get_local_list_version(self, **_: Any) -> call_result.GetLocalListVersion:
+        return call_result.GetLocalListVersion(
+            list_version=self._adapter.authorizer.reported_list_version()
+        )
+
+    @on(Action.send_local_list, skip_schema_validation=True)
+    async def _send_local_list(
+        self,
+        list_version: int,
+        update_type: str,
+        local_authorization_list: list[dict[str, Any]] | None = None,
+        **_: Any,
+    ) -> call_result.SendLocalList:
+        status = await self._adapter.send_local_list(
+            list_version, update_type, local_authorization_list or []
+        )
+        return call_result.SendLocalList(status=status)
 
     @on(Action.data_transfer, skip_schema_validation=True)
     def _data_transfer(
@@ -283,6 +358,7 @@ class OcppAdapter16:
         self._csms_tx_ids: dict[int, int] = {}  # local id → CSMS transactionId
         self._active_tx: dict[int, int] = {}  # connector → local id
         self._begin_readings: dict[int, MeterReading] = {}
+        self._started_at: dict[int, datetime] = {}  # local id → start, for aligned values
         self._heartbeat_changed = asyncio.Event()
         self._boot_now = asyncio.Event()
         self._last_sample: dict[int, float] = {}
@@ -351,6 +427,7 @@ class OcppAdapter16:
         self, event: TransactionStarted, meter_start_wh: float, reading: MeterReading | None
     ) -> None:
         self._active_tx[event.connector_id] = event.local_id
+        self._started_at[event.local_id] = event.timestamp
         self._last_sample[event.connector_id] = time.monotonic()
         if reading is not None:
             self._begin_readings[event.local_id] = reading
@@ -378,6 +455,7 @@ class OcppAdapter16:
     ) -> None:
         if self._active_tx.get(event.connector_id) == event.local_id:
             del self._active_tx[event.connector_id]
+        self._started_at.pop(event.local_id, None)
         payload: dict[str, Any] = {
             "meter_stop": int(meter_stop_wh),
             "timestamp": iso_utc(event.timestamp),
@@ -486,8 +564,120 @@ class OcppAdapter16:
             log.warning("Authorize for %s failed: %s", id_tag, exc)
             return None
         info = _idtag_info(result.id_tag_info) or IdTagInfo("Invalid")
-        self.authorizer.remember(id_tag, info)
+        self.id_tag_info_received(id_tag, info)
         return info
+
+    # --- authorization: the Local Authorization List and the cache -------------------------
+
+    async def load_authorization(self) -> None:
+        """Take over the list, its version and the cache that a previous run stored."""
+        if self._store is None:
+            return
+        version, entries, cache = await self._store.load_authorization()
+        self.authorizer.restore(
+            version,
+            [_stored_entry(row) for row in entries],
+            [(_stored_entry(row), seq) for row, seq in cache],
+        )
+        log.info(
+            "local authorization list version %d (%d entries), %d cached idTags",
+            version,
+            len(entries),
+            len(cache),
+        )
+
+    async def send_local_list(
+        self, version: int, update_type: str, raw_entries: list[dict[str, Any]]
+    ) -> str:
+        """SendLocalList (§5.15): checked, stored, then in effect; or refused unchanged."""
+        try:
+            entries = [_list_entry(raw) for raw in raw_entries]
+        except ValueError as exc:
+            log.warning("SendLocalList version %d refused: %s", version, exc)
+            return UpdateStatus.FAILED.value
+        checked = self.authorizer.check_local_list_update(version, update_type, entries)
+        if isinstance(checked, UpdateStatus):
+            log.warning(
+                "SendLocalList %s version %d with %d entries: %s (list stays at version %d)",
+                update_type,
+                version,
+                len(entries),
+                checked.value,
+                self.authorizer.list_version,
+            )
+            return checked.value
+        if self._store is not None:
+            try:
+                await self._store.write_local_list(
+                    checked.version,
+                    full=checked.full,
+                    upserts=[_auth_row(entry) for entry in checked.upserts],
+                    removals=list(checked.removals),
+                )
+            except sqlite3.Error as exc:
+                # Failed, and the list in effect stays the one on the card: the CSMS resends
+                # (§5.15: after Failed, a Full list).
+                log.error("SendLocalList version %d could not be stored: %s", version, exc)
+                return UpdateStatus.FAILED.value
+        self.authorizer.apply_local_list(checked)
+        log.info(
+            "local authorization list now version %d with %d entries",
+            checked.version,
+            self.authorizer.local_list_size(),
+        )
+        return UpdateStatus.ACCEPTED.value
+
+    async def clear_cache(self) -> str:
+        """ClearCache (§5.4). Also while AuthorizationCacheEnabled is false: the entries kept
+        would otherwise come back when the cache is enabled again."""
+        self.authorizer.clear_cache()
+        if self._store is not None:
+            try:
+                await self._store.clear_auth_cache()
+            except sqlite3.Error as exc:
+                # The entries would be back after a restart: not cleared, as far as the CSMS
+                # can rely on.
+                log.error("authorization cache could not be cleared on the card: %s", exc)
+                return "Rejected"
+        return "Accepted"
+
+    def id_tag_info_received(self, id_tag: str, info: IdTagInfo) -> None:
+        """Every IdTagInfo the CSMS sends (Authorize, StartTransaction, StopTransaction): the
+        cache learns it (§3.5.1), and a verdict that contradicts the local list is reported
+        with a StatusNotification for connector 0, LocalListConflict (§3.5.2).
+
+        Never suspends: it runs between a transaction message's answer and its removal from
+        the queue, where a wait would open a window to send the message twice.
+        """
+        if self.authorizer.conflicts_with_list(id_tag, info):
+            local = self.authorizer.local_list_entry(id_tag)
+            log.warning(
+                "CSMS says %s for %s, the local list says %s: reporting LocalListConflict",
+                info.status,
+                id_tag,
+                local.status if local else None,
+            )
+            cp = self.port.current_status(0)
+            self.status_changed(
+                StatusChanged(
+                    0,
+                    cp.status,
+                    ErrorCode.LOCAL_LIST_CONFLICT,
+                    self.clock.utc_now(),
+                    info=f"{id_tag}: {info.status}"[:50],
+                )
+            )
+        update = self.authorizer.remember(id_tag, info)
+        if update is None or self._store is None:
+            return
+        try:
+            written = self._store.write_auth_cache(
+                _auth_row(update.entry), update.seq, list(update.evicted)
+            )
+        except RuntimeError as exc:  # the store is already closed (shutting down)
+            log.warning("authorization cache entry for %s not stored: %s", id_tag, exc)
+            return
+        written.add_done_callback(lambda done: _log_cache_write(done, id_tag))
 
     # --- the link ---------------------------------------------------------------------------
 
@@ -642,8 +832,16 @@ class OcppAdapter16:
         self._online.set()
         self._prepare_status_queue(first_boot)
         session.create_task(self._heartbeat(link))
-        session.create_task(self._status_sender(link))
-        session.create_task(self._tx_sender(link))
+        if first_boot:
+            session.create_task(self._status_sender(link))
+            session.create_task(self._tx_sender(link))
+        else:
+            # After a reconnect the statuses to report were reached after the transaction
+            # messages still queued: the Charging of a transaction started offline follows
+            # its StartTransaction (OCTT TC_037_1). The library sends one CALL at a time, in
+            # the order they are asked for, so the queue's head goes first.
+            session.create_task(self._tx_sender(link))
+            session.create_task(self._status_sender(link))
 
     # --- status notifications ---------------------------------------------------------------
 
@@ -826,14 +1024,19 @@ class OcppAdapter16:
         if message.action == "StartTransaction":
             self._csms_tx_ids[message.local_id] = int(result.transaction_id)
             info = _idtag_info(result.id_tag_info) or IdTagInfo("Invalid")
-            self.authorizer.remember(str(payload["id_tag"]), info)
-            self.port.set_parent_id_tag(message.connector_id, message.local_id, info.parent_id_tag)
+            self.id_tag_info_received(str(payload["id_tag"]), info)
+            if info.parent_id_tag is not None:
+                # A conf without parentIdTag keeps the parent the list, the cache or the
+                # Authorize.conf gave: many CSMSs send it in Authorize.conf only.
+                self.port.set_parent_id_tag(
+                    message.connector_id, message.local_id, info.parent_id_tag
+                )
             if not info.accepted:
                 self.port.transaction_rejected(message.connector_id, message.local_id)
         elif message.action == "StopTransaction":
             stop_info = _idtag_info(getattr(result, "id_tag_info", None))
             if stop_info is not None and "id_tag" in payload:
-                self.authorizer.remember(str(payload["id_tag"]), stop_info)
+                self.id_tag_info_received(str(payload["id_tag"]), stop_info)
         return True
 
     # --- metering ---------------------------------------------------------------------------------
@@ -843,6 +1046,26 @@ class OcppAdapter16:
         next_aligned: datetime | None = None
         while True:
             await asyncio.sleep(0.25)
+            # Clock-aligned values first: they are stamped with the boundary just passed, so
+            # a sampled value taken in the same round must follow them, not precede them.
+            aligned_s = self.keys.get_int("ClockAlignedDataInterval")
+            if aligned_s <= 0:
+                next_aligned = None
+            else:
+                wall = self.clock.utc_now()
+                if next_aligned is None:
+                    next_aligned = _next_boundary(wall, aligned_s)
+                elif wall >= next_aligned:
+                    measurands = self.keys.get_csl("MeterValuesAlignedData")
+                    for connector_id in self.port.connector_ids:
+                        await self._sample(
+                            connector_id,
+                            self._active_tx.get(connector_id),
+                            "Sample.Clock",
+                            measurands,
+                            timestamp=next_aligned,
+                        )
+                    next_aligned = _next_boundary(wall, aligned_s)
             now = time.monotonic()
             interval = self.keys.get_int("MeterValueSampleInterval")
             if interval > 0:
@@ -855,24 +1078,6 @@ class OcppAdapter16:
                             "Sample.Periodic",
                             self.keys.get_csl("MeterValuesSampledData"),
                         )
-            aligned_s = self.keys.get_int("ClockAlignedDataInterval")
-            if aligned_s <= 0:
-                next_aligned = None
-                continue
-            wall = self.clock.utc_now()
-            if next_aligned is None:
-                next_aligned = _next_boundary(wall, aligned_s)
-            elif wall >= next_aligned:
-                measurands = self.keys.get_csl("MeterValuesAlignedData")
-                for connector_id in self.port.connector_ids:
-                    await self._sample(
-                        connector_id,
-                        self._active_tx.get(connector_id),
-                        "Sample.Clock",
-                        measurands,
-                        timestamp=next_aligned,
-                    )
-                next_aligned = _next_boundary(wall, aligned_s)
 
     async def _sample(
         self,
@@ -885,6 +1090,16 @@ class OcppAdapter16:
         view = self.port.view(connector_id)
         if view.meter is None or not measurands:
             return  # no reading yet, or the meter is lost: never report a made-up value
+        if local_id is not None and (
+            # The charger has stopped it: its StopTransaction (on its way) has the last value,
+            # and a value stamped now would come after the transaction's end.
+            view.transaction_local_id != local_id
+            # A clock-aligned instant from before the transaction started.
+            or (timestamp is not None and self._started_at.get(local_id, timestamp) > timestamp)
+        ):
+            if context == "Sample.Periodic":
+                return
+            local_id = None  # the connector's value, outside the transaction
         value = meter_value(
             timestamp or self.clock.utc_now(),
             view.meter,
@@ -921,7 +1136,10 @@ class OcppAdapter16:
         if not self.port.can_remote_start(connector_id):
             return "Rejected"
         if not self.keys.get_bool("AuthorizeRemoteTxRequests"):
-            return "Accepted" if self.port.remote_start(connector_id, id_tag) else "Rejected"
+            known = self.authorizer.lookup(id_tag)
+            parent = known.parent_id_tag if known is not None else None
+            started = self.port.remote_start(connector_id, id_tag, parent)
+            return "Accepted" if started else "Rejected"
         self._deferred_remote_start = (id_tag, connector_id)
         return "Accepted"  # authorized first, after the answer is sent
 
@@ -936,7 +1154,7 @@ class OcppAdapter16:
         info = self.authorizer.pre_authorized(id_tag) or await self.authorize(id_tag)
         decision = info if info is not None else self.authorizer.offline_decision(id_tag)
         if decision.accepted:
-            self.port.remote_start(connector_id, id_tag)
+            self.port.remote_start(connector_id, id_tag, decision.parent_id_tag)
         else:
             log.info("remote start for %s not authorized: %s", id_tag, decision.status)
 

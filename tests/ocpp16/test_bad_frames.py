@@ -103,8 +103,8 @@ CASES = [
     ),
     _error(
         "known action not supported",
-        _call("gl", "GetLocalListVersion", {}),
-        "gl",
+        _call("rn", "ReserveNow", {}),
+        "rn",
         "NotSupported",
     ),
     # --- Payload not an object (§4.2.1: a JSON object, or null for none).
