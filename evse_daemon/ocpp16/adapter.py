@@ -982,9 +982,7 @@ class OcppAdapter16:
         cut before the delete commits means that message is sent again after the restart
         (at-least-once; OCPP 1.6 has no message id to deduplicate by).
         """
-        if self._forgetting is not None:
-            await self._forgetting
-            self._forgetting = None
+        await self._settle_forgetting()
         if self._store is not None and message.durable:
             is_start = message.action == "StartTransaction"
             self._forgetting = asyncio.ensure_future(
@@ -999,10 +997,28 @@ class OcppAdapter16:
             )
         if self._tx_queue and self._tx_queue[0] is message:
             self._tx_queue.popleft()
-        if not self._tx_queue and self._forgetting is not None:
+        if not self._tx_queue:
             # Nothing follows: "idle" (flush, shutdown) must mean "written" too.
-            await self._forgetting
-            self._forgetting = None
+            await self._settle_forgetting()
+
+    async def _settle_forgetting(self) -> None:
+        """Wait for the store's delete of the last answered message, if one is pending.
+
+        Shielded: a sender cancelled because the connection was lost must neither cancel the
+        delete (that message would be sent again after a restart) nor leave a cancelled
+        future behind, on which the next session's sender would end at once and silently
+        (a TaskGroup takes a cancelled child for normal) and the queue would stall.
+        """
+        forgetting = self._forgetting
+        if forgetting is None:
+            return
+        if not forgetting.cancelled():
+            try:
+                await asyncio.shield(forgetting)
+            except Exception as exc:
+                # At least once: the message is sent again after a restart.
+                log.error("an answered transaction message was not removed from the store: %s", exc)
+        self._forgetting = None
 
     async def _deliver(self, link: _Link, message: TxMessage) -> bool:
         payload = dict(message.payload)
