@@ -141,6 +141,20 @@ class Bench:
         assert result.status == "Accepted"
         await self.csms.wait_for("Heartbeat", after=mark)
 
+    async def go_offline(self) -> None:
+        """The CSMS drops the link and refuses reconnects until ``go_online``."""
+        self.csms.accepting = False
+        await self.csms.drop_connection()
+        await self.wait_until(lambda: not self.app.adapter.connected, what="charger offline")
+
+    async def go_online(self) -> int:
+        """Let the charger reconnect; returns the mark from which its messages are new."""
+        mark = self.csms.mark()
+        connections = self.csms.connections
+        self.csms.accepting = True
+        await self.csms.wait_connected(after=connections)
+        return mark
+
     def actions(self, after: int) -> list[str]:
         """The actions the CSMS received from index ``after`` on."""
         return [m.action for m in self.csms.received[after:]]

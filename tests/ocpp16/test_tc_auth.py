@@ -80,21 +80,6 @@ def _record_decisions(b: Bench) -> list[tuple[str, bool]]:
     return decisions
 
 
-async def _go_offline(b: Bench) -> None:
-    b.csms.accepting = False
-    await b.csms.drop_connection()
-    await b.wait_until(lambda: not b.app.adapter.connected, what="charger offline")
-
-
-async def _go_online(b: Bench) -> int:
-    """Let the charger reconnect; returns the mark from which its messages are new."""
-    mark = b.csms.mark()
-    connections = b.csms.connections
-    b.csms.accepting = True
-    await b.csms.wait_connected(after=connections)
-    return mark
-
-
 # --- the authorization cache ------------------------------------------------------------------
 
 
@@ -268,7 +253,7 @@ async def test_TC_043_send_local_authorization_list(tmp_path: Path) -> None:
         assert await _list_version(b) == 2
         # Expected: the charger authorizes drivers whose idTag is on the list, even with
         # no CSMS to ask; TAG-A, removed, is not (unknown offline ids are not allowed).
-        await _go_offline(b)
+        await b.go_offline()
         decisions = _record_decisions(b)
         b.ev(1).plug()
         b.swipe("TAG-A")
@@ -279,7 +264,7 @@ async def test_TC_043_send_local_authorization_list(tmp_path: Path) -> None:
         assert tx is not None and tx.id_tag == "TAG-C"
         await b.wait_until(lambda: b.ev(1).snapshot()["contactor_commanded"], what="charging")
         # Back online, the transaction started offline is reported.
-        mark = await _go_online(b)
+        mark = await b.go_online()
         start = await b.csms.wait_for("StartTransaction", after=mark)
         assert start.payload["idTag"] == "TAG-C"
         assert "Authorize" not in b.actions(mark)
@@ -541,7 +526,7 @@ async def test_offline_unknown_id_is_accepted_but_not_one_the_list_blocks(tmp_pa
         await b.booted()
         entries = [_auth_data("TAG-BLOCKED", "Blocked"), _auth_data("TAG-EXPIRED", "Expired")]
         assert await _send_list(b, 1, "Full", *entries) == "Accepted"
-        await _go_offline(b)
+        await b.go_offline()
         decisions = _record_decisions(b)
         b.ev(1).plug()
         # §3.5.4: listed with a status other than Accepted → rejected; unknown → accepted.
@@ -552,7 +537,7 @@ async def test_offline_unknown_id_is_accepted_but_not_one_the_list_blocks(tmp_pa
         assert decisions == [("TAG-BLOCKED", False), ("TAG-EXPIRED", False), ("TAG-UNKNOWN", True)]
         tx = b.app.charger.connector(1).tx
         assert tx is not None and tx.id_tag == "TAG-UNKNOWN"
-        mark = await _go_online(b)
+        mark = await b.go_online()
         start = await b.csms.wait_for("StartTransaction", after=mark)
         assert start.payload["idTag"] == "TAG-UNKNOWN"
 
@@ -568,7 +553,7 @@ async def test_offline_cached_id_needs_local_authorize_offline(tmp_path: Path) -
         await _cache_id_tag(b, "TAG-C")
         # LocalAuthorizeOffline is false: the cached card is refused while offline...
         await _set(b, "LocalAuthorizeOffline", "false")
-        await _go_offline(b)
+        await b.go_offline()
         decisions = _record_decisions(b)
         b.ev(1).plug()
         b.swipe("TAG-C")
@@ -584,7 +569,7 @@ async def test_offline_cached_id_needs_local_authorize_offline(tmp_path: Path) -
         assert decisions[1] == ("TAG-C", True)
         tx = b.app.charger.connector(1).tx
         assert tx is not None and tx.id_tag == "TAG-C"
-        await _go_online(b)
+        await b.go_online()
 
 
 # --- persistence ------------------------------------------------------------------------------

@@ -48,21 +48,6 @@ def _time(value: str) -> datetime:
     return moment.astimezone(UTC)
 
 
-async def _go_offline(b: Bench) -> None:
-    b.csms.accepting = False
-    await b.csms.drop_connection()
-    await b.wait_until(lambda: not b.app.adapter.connected, what="charger offline")
-
-
-async def _go_online(b: Bench) -> int:
-    """Let the charger reconnect; returns the mark from which its messages are new."""
-    mark = b.csms.mark()
-    connections = b.csms.connections
-    b.csms.accepting = True
-    await b.csms.wait_connected(after=connections)
-    return mark
-
-
 def _local_status(b: Bench, connector_id: int = 1) -> str:
     return str(b.app.status()["connectors"][connector_id - 1]["status"])
 
@@ -334,10 +319,10 @@ async def test_TC_036_connection_loss_during_transaction(tmp_path: Path) -> None
         await b.csms.wait_for("MeterValues", timeout_s=interval + 5)
         await b.barrier()
         # The connectivity is removed; the charger queues at least 3 meter values.
-        await _go_offline(b)
+        await b.go_offline()
         await b.wait_until(lambda: _queue_depth(b) >= 3, timeout_s=4 * interval + 5, what="3 MVs")
         assert _local_status(b) == "Charging"
-        mark = await _go_online(b)
+        mark = await b.go_online()
         queued = _queue_depth(b)
         assert queued >= 3
         # 1-2. Every queued meter value, then at least one new one.
@@ -393,14 +378,14 @@ async def test_TC_037_1_offline_start_transaction_valid_id_tag(tmp_path: Path) -
             )
         )
         assert result.status == "Accepted"
-        await _go_offline(b)
+        await b.go_offline()
         # The EV driver starts a transaction offline with the valid idTag.
         b.ev(1).plug()
         b.swipe("TAG-VALID")
         await b.wait_until(lambda: _local_status(b) == "Charging", what="charging offline")
         await b.wait_until(lambda: _queue_depth(b) == 1, what="StartTransaction queued")
         started_before = datetime.now(UTC)
-        mark = await _go_online(b)
+        mark = await b.go_online()
         # 1-2. StartTransaction, answered Accepted; 3-4. StatusNotification Charging.
         start = await b.csms.wait_for("StartTransaction", after=mark)
         assert start.payload["idTag"] == "TAG-VALID"
@@ -423,13 +408,13 @@ async def _offline_start_rejected_by_the_csms(b: Bench) -> tuple[int, ReceivedMe
     """TC_037_2/3 up to step 2: a transaction started offline for an idTag the charger lets
     through offline (AllowOfflineTxForUnknownId), which the CSMS then answers Invalid."""
     await b.booted()
-    await _go_offline(b)
+    await b.go_offline()
     b.ev(1).plug()
     b.swipe("TAG-INVALID")
     await b.wait_until(lambda: _local_status(b) == "Charging", what="charging offline")
     await b.wait_until(lambda: _queue_depth(b) == 1, what="StartTransaction queued")
     assert b.ev(1).snapshot()["power_w"] > 0
-    mark = await _go_online(b)
+    mark = await b.go_online()
     start = await b.csms.wait_for("StartTransaction", after=mark)
     assert start.payload["idTag"] == "TAG-INVALID"
     return mark, start
@@ -507,13 +492,13 @@ async def test_TC_038_offline_stop_transaction(tmp_path: Path) -> None:
         await b.booted()
         tx = await b.start_charging(1, "TAG-OK")  # reusable state Charging
         start = b.csms.messages("StartTransaction")[-1]
-        await _go_offline(b)
+        await b.go_offline()
         # The EV driver stops the transaction while offline (the card that started it).
         b.swipe("TAG-OK")
         await b.wait_until(lambda: _local_status(b) == "Finishing", what="stopped offline")
         await b.wait_until(lambda: _queue_depth(b) == 1, what="StopTransaction queued")
         assert b.ev(1).snapshot()["contactor_commanded"] is False
-        mark = await _go_online(b)
+        mark = await b.go_online()
         # 1-2. StopTransaction, reason Local or omitted; 3-4. Finishing (either order).
         stop = await b.csms.wait_for("StopTransaction", after=mark)
         assert stop.payload["transactionId"] == tx
@@ -535,7 +520,7 @@ async def test_TC_039_offline_transaction(tmp_path: Path) -> None:
     async with bench(tmp_path, ocpp_config=config) as b:
         await b.booted()
         mark = b.csms.mark()
-        await _go_offline(b)
+        await b.go_offline()
         # The EV driver starts a transaction offline, stops it offline, unplugs the cable.
         b.ev(1).plug()
         b.swipe("TAG-OFF")
@@ -548,7 +533,7 @@ async def test_TC_039_offline_transaction(tmp_path: Path) -> None:
         await b.wait_until(lambda: _queued(b)[-1] == "StopTransaction", what="Stop queued")
         depth = _queue_depth(b)
         assert "StartTransaction" not in b.actions(mark)
-        mark = await _go_online(b)
+        mark = await b.go_online()
         # 1-2. StartTransaction (Accepted), the meter values, 3-4. StopTransaction.
         stop = await b.csms.wait_for("StopTransaction", after=mark)
         sent = _tx_messages(b.csms, mark)
@@ -708,12 +693,12 @@ async def test_a_connection_lost_while_an_answered_message_is_forgotten_stalls_n
         b.swipe("TAG-OK")
         await b.csms.wait_for("StartTransaction", after=mark)
         await asyncio.wait_for(deleting.wait(), 5)
-        await _go_offline(b)
+        await b.go_offline()
         release.set()
         # Stopped offline; delivered once back online, and the queue drains.
         b.swipe("TAG-OK")
         await b.wait_until(lambda: _queued(b) == ["StopTransaction"], what="Stop queued")
-        mark = await _go_online(b)
+        mark = await b.go_online()
         stop = await b.csms.wait_for("StopTransaction", after=mark)
         assert stop.payload["transactionId"] == max(b.csms.transaction_ids)
         await b.wait_until(lambda: _queue_depth(b) == 0, what="queue drained")
