@@ -26,6 +26,7 @@ from .charger import (
     Action,
     AuthorizationExpired,
     AvailabilityChanged,
+    CableHoldChanged,
     CardDecision,
     Charger,
     ChargerSettings,
@@ -85,6 +86,60 @@ class _Stop(Exception):
     """Raised inside the task group to end the run."""
 
 
+class _MeterAtRest:
+    """The meter readings of one connector that bound its transactions' energy.
+
+    meterStart and meterStop must be the register while no energy flows: read after the
+    contactor opened and before it closes again. The meter loop's latest reading can be up to
+    an interval old, and the event forwarder may reach a transaction's event late (it waits for
+    the stop reading of the session before), so neither is used directly. Each period in which
+    the contactor is open gets a future, resolved by the first reading that both started and
+    ended within that period (one is requested the moment the contactor opens). A transaction
+    takes the current period's reading for its start, and, for its stop, that of the period in
+    which the contactor is open after the stop.
+    """
+
+    def __init__(self) -> None:
+        self.open = True  # the run starts from the safe state
+        self.generation = 0  # counts contactor changes: a reading spanning one is not at rest
+        self._period: asyncio.Future[MeterReading] | None = None
+        self._next_period: asyncio.Future[MeterReading] | None = None
+
+    def _new_future(self) -> asyncio.Future[MeterReading]:
+        return asyncio.get_running_loop().create_future()
+
+    def current(self) -> asyncio.Future[MeterReading]:
+        """The reading at rest of the current (or, while closed, the last) open period."""
+        if self._period is None:
+            self._period = self._new_future()
+        return self._period
+
+    def after_next_open(self) -> asyncio.Future[MeterReading]:
+        """The reading at rest once the contactor is open: the current one if it is."""
+        if self.open:
+            return self.current()
+        if self._next_period is None:
+            self._next_period = self._new_future()
+        return self._next_period
+
+    def contactor_commanded(self, closed: bool) -> bool:
+        """Record a contactor command; True if the contactor just opened."""
+        if closed == (not self.open):
+            return False
+        self.generation += 1
+        self.open = not closed
+        if self.open:
+            self._period, self._next_period = self._next_period, None
+        return self.open
+
+    def reading(self, reading: MeterReading, generation_at_request: int) -> None:
+        """A reading arrived: it is at rest if no contactor change happened around it."""
+        if self.open and generation_at_request == self.generation:
+            period = self.current()
+            if not period.done():
+                period.set_result(reading)
+
+
 class App:
     """One run of the daemon on a set of drivers (a reset ends the run; the caller rebuilds)."""
 
@@ -140,6 +195,9 @@ class App:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._temperature_checked = 0.0
         self._meter_ok: dict[int, bool] = {}
+        self._at_rest = {c.id: _MeterAtRest() for c in config.connectors}
+        # (connector, local transaction id) → the future of its meterStart / meterStop reading.
+        self._bound_readings: dict[tuple[int, int, bool], asyncio.Future[MeterReading]] = {}
         self.started = asyncio.Event()
         self.safety_alive_at = time.monotonic()
 
@@ -217,6 +275,9 @@ class App:
         self._last_local_tx_id = await self.store.last_local_id()
         await self.adapter.load()
         await self.adapter.load_authorization()
+        for key, held in (await self.store.get_all("cable_hold")).items():
+            if int(key) in self.charger.connectors and held is not None:
+                self.charger.restore_hold(int(key), str(held[0]), held[1])
         availability = await self.store.get_all("availability")
         for key, operative in availability.items():
             connector_id = int(key)
@@ -323,6 +384,8 @@ class App:
                 self.narrate(
                     "hw", "contactor", {"connector": action.connector_id, "closed": action.closed}
                 )
+                if self._at_rest[action.connector_id].contactor_commanded(action.closed):
+                    self._spawn(self._read_meter_at_rest(action.connector_id))
             elif isinstance(action, SetPilot):
                 pilot = self.hardware.connectors[action.connector_id].pilot
                 if action.output is PilotOutput.PWM:
@@ -343,6 +406,12 @@ class App:
             elif isinstance(action, SetLock):
                 self._spawn(self._drive_lock(action.connector_id, action.locked))
             else:
+                if isinstance(action, TransactionStarted):
+                    at_rest = self._at_rest[action.connector_id].current()
+                    self._bound_readings[(action.connector_id, action.local_id, True)] = at_rest
+                elif isinstance(action, TransactionStopped):
+                    at_rest = self._at_rest[action.connector_id].after_next_open()
+                    self._bound_readings[(action.connector_id, action.local_id, False)] = at_rest
                 self._events.put_nowait(action)
 
     async def _safety_loop(self) -> None:
@@ -387,6 +456,8 @@ class App:
         last good reading stays, but nothing is ever reported as 0)."""
         meter = self.hardware.connectors[connector_id].meter
         connector = self.charger.connector(connector_id)
+        at_rest = self._at_rest[connector_id]
+        generation = at_rest.generation
         try:
             # Not asyncio.wait_for: on Python 3.11 it drops a cancellation that arrives as the
             # reading does, and the meter loop would then keep a stop or a Reset waiting.
@@ -407,7 +478,9 @@ class App:
             self.charger.set_fault(connector_id, Fault.METER, True)
             self._apply(self.charger.drain())
             return None
+        at_rest.reading(reading, generation)
         self.charger.on_meter(connector_id, reading)
+        self._apply(self.charger.drain())
         if not self._meter_ok.get(connector_id, True):
             log.info("connector %d: meter answers again", connector_id)
             self.charger.set_fault(connector_id, Fault.METER, False)
@@ -420,15 +493,34 @@ class App:
             await asyncio.sleep(METER_INTERVAL_S)
             await self._read_meter(connector_id)
 
-    async def _final_reading(self, connector_id: int) -> MeterReading | None:
-        """The meter after the contactor has opened: the transaction's last watt-hour."""
-        contactor = self.hardware.connectors[connector_id].contactor
-        deadline = time.monotonic() + X1_OPEN_UNDER_LOAD_S + 0.5
-        # Polling the command is enough: this runs once per transaction, off the safety path.
-        while contactor.commanded_closed and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-        reading = await self._read_meter(connector_id)
-        return reading or self.charger.connector(connector_id).meter
+    async def _read_meter_at_rest(self, connector_id: int) -> None:
+        await self._read_meter(connector_id)
+
+    async def _bounding_reading(
+        self, event: TransactionStarted | TransactionStopped
+    ) -> MeterReading | None:
+        """The reading at rest that starts or ends ``event``'s transaction (see _MeterAtRest).
+
+        If none comes (the meter failed, or the contactor never opened: welded contacts are
+        commanded open all the same), the latest good reading is used, and said so in the log.
+        """
+        starting = isinstance(event, TransactionStarted)
+        at_rest = self._bound_readings.pop((event.connector_id, event.local_id, starting))
+        # A stop may wait for the EV to stop drawing under x1 before the contactor opens.
+        wait_s = METER_TIMEOUT_S + (0.0 if starting else X1_OPEN_UNDER_LOAD_S) + 1.0
+        try:
+            async with asyncio.timeout(wait_s):
+                return await asyncio.shield(at_rest)
+        except TimeoutError:
+            log.warning(
+                "connector %d: no meter reading at rest for the %s of transaction %d within "
+                "%.1f s: using the latest reading",
+                event.connector_id,
+                "start" if starting else "stop",
+                event.local_id,
+                wait_s,
+            )
+            return self.charger.connector(event.connector_id).meter
 
     # --- OCPP-facing events -----------------------------------------------------------------
 
@@ -449,8 +541,11 @@ class App:
             )
             self.adapter.status_changed(event)
         elif isinstance(event, TransactionStarted):
-            reading = self.charger.connector(event.connector_id).meter
+            reading = await self._bounding_reading(event)
             energy = self._register_wh(event.connector_id, reading)
+            if reading is not None:
+                self.charger.set_meter_start(event.connector_id, event.local_id, energy)
+                self._apply(self.charger.drain())
             self.narrate(
                 "tx",
                 "started",
@@ -462,7 +557,7 @@ class App:
             )
             await self.adapter.transaction_started(event, energy, reading)
         elif isinstance(event, TransactionStopped):
-            reading = await self._final_reading(event.connector_id)
+            reading = await self._bounding_reading(event)
             energy = self._register_wh(event.connector_id, reading)
             self.narrate(
                 "tx",
@@ -474,6 +569,12 @@ class App:
                 },
             )
             await self.adapter.transaction_stopped(event, energy, reading)
+        elif isinstance(event, CableHoldChanged):
+            key = str(event.connector_id)
+            if event.held_for is None:
+                await self.store.delete("cable_hold", key)
+            else:
+                await self.store.put("cable_hold", key, list(event.held_for))
         elif isinstance(event, AuthorizationExpired):
             log.info(
                 "connector %d: authorization of %s expired (ConnectionTimeOut)",
@@ -623,6 +724,7 @@ class App:
         settings.stop_tx_on_ev_side_disconnect = keys.get_bool("StopTransactionOnEVSideDisconnect")
         settings.unlock_on_ev_side_disconnect = keys.get_bool("UnlockConnectorOnEVSideDisconnect")
         settings.stop_tx_on_invalid_id = keys.get_bool("StopTransactionOnInvalidId")
+        settings.max_energy_on_invalid_id_wh = float(keys.get_int("MaxEnergyOnInvalidId"))
         auth = self.authorizer.settings
         auth.cache_enabled = keys.get_bool("AuthorizationCacheEnabled")
         auth.local_pre_authorize = keys.get_bool("LocalPreAuthorize")

@@ -178,6 +178,15 @@ class AvailabilityChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class CableHoldChanged:
+    """A cable is now held locked for ``held_for`` (idTag, parentIdTag) after a DeAuthorized
+    stop, or no longer (None). Persisted, so that a restart keeps the hold."""
+
+    connector_id: int
+    held_for: tuple[str, str | None] | None
+
+
+@dataclass(frozen=True, slots=True)
 class AuthorizationExpired:
     connector_id: int
     id_tag: str
@@ -192,6 +201,7 @@ Action = (
     | TransactionStopped
     | AvailabilityChanged
     | AuthorizationExpired
+    | CableHoldChanged
 )
 
 
@@ -207,6 +217,11 @@ class ChargerSettings:
     stop_tx_on_ev_side_disconnect: bool = True
     unlock_on_ev_side_disconnect: bool = True
     stop_tx_on_invalid_id: bool = True
+    # MaxEnergyOnInvalidId: with StopTransactionOnInvalidId=false, the energy a transaction
+    # whose idTag the CSMS rejected may still deliver so the EV can drive away (errata
+    # 3.17). Counted from the transaction's meterStart: a transaction that already took
+    # more while offline gets nothing further.
+    max_energy_on_invalid_id_wh: float = 0.0
 
 
 @dataclass
@@ -224,9 +239,11 @@ class Transaction:
     started_at: datetime
     remote: bool
     parent_id_tag: str | None = None
-    # False once the CSMS said the idTag is not valid (StopTransactionOnInvalidId=false):
-    # the transaction goes on but no energy is offered.
-    energy_allowed: bool = True
+    # The meter's register when the transaction started (None: no reading yet).
+    meter_start_wh: float | None = None
+    # True once the CSMS said the idTag is not valid and StopTransactionOnInvalidId=false:
+    # the transaction goes on, and energy is offered only up to MaxEnergyOnInvalidId.
+    id_tag_rejected: bool = False
     ev_side_disconnected: bool = False
 
 
@@ -340,10 +357,18 @@ class Connector:
         tx = self.tx
         return (
             tx is not None
-            and tx.energy_allowed
+            and self._energy_allowed(tx)
             and self.ev_present
             and self.offered_current_a >= MIN_CURRENT_A
         )
+
+    def _energy_allowed(self, tx: Transaction) -> bool:
+        if not tx.id_tag_rejected:
+            return True
+        allowance_wh = self._settings.max_energy_on_invalid_id_wh
+        if allowance_wh <= 0 or tx.meter_start_wh is None or self.meter is None:
+            return False  # without a reading the allowance cannot be kept: none is given
+        return self.meter.energy_import_wh - tx.meter_start_wh < allowance_wh
 
     def _desired_pilot(self, now: float) -> tuple[PilotOutput, float]:
         if self.blocking_fault is not None:
@@ -529,7 +554,7 @@ class Connector:
     def on_unlocked(self) -> None:
         """The lock let the cable go: a held cable can now be taken out."""
         self.cable_held = False
-        self.held_for = None
+        self._set_hold(None)
 
     def check_contactor_feedback(self, feedback_closed: bool | None) -> None:
         """Compare the auxiliary contact with the command (called by the safety loop)."""
@@ -599,6 +624,7 @@ class Connector:
             started_at=self._clock.utc_now(),
             remote=auth.remote,
             parent_id_tag=auth.parent_id_tag,
+            meter_start_wh=self.meter.energy_import_wh if self.meter is not None else None,
         )
         self.tx = tx
         if self.has_lock:
@@ -629,7 +655,7 @@ class Connector:
         )
         if self.has_lock and reason is StopReason.DE_AUTHORIZED:
             keep_locked = True  # until the owner comes back (§3.5.4)
-            self.held_for = (tx.id_tag, tx.parent_id_tag)
+            self._set_hold((tx.id_tag, tx.parent_id_tag))
         if self.has_lock and not keep_locked:
             self._unlock_pending = True  # once the contactor is open (reconcile)
         if self.scheduled_operative is not None:
@@ -638,8 +664,20 @@ class Connector:
 
     def release_hold(self) -> None:
         """The owner of a cable held after a DeAuthorized stop came back: let it go."""
-        self.held_for = None
+        self._set_hold(None)
         self._unlock_pending = True
+
+    def restore_hold(self, id_tag: str, parent_id_tag: str | None) -> None:
+        """A hold from before a restart: the cable stays locked for its owner."""
+        if not self.has_lock:
+            return
+        self.held_for = (id_tag, parent_id_tag)
+        self._lock()  # the lock kept its position, most likely; make sure
+
+    def _set_hold(self, held_for: tuple[str, str | None] | None) -> None:
+        if held_for != self.held_for:
+            self.held_for = held_for
+            self._outbox.append(CableHoldChanged(self.connector_id, held_for))
 
     def set_operative(self, operative: bool) -> bool:
         """ChangeAvailability: True if applied now, False if scheduled after the transaction."""
@@ -801,7 +839,11 @@ class Charger:
         self._reconcile()
 
     def on_meter(self, connector_id: int, reading: MeterReading) -> None:
-        self.connector(connector_id).meter = reading
+        connector = self.connector(connector_id)
+        connector.meter = reading
+        tx = connector.tx
+        if tx is not None and tx.id_tag_rejected:
+            self._reconcile()  # the MaxEnergyOnInvalidId allowance may just be used up
 
     def tick(self) -> None:
         """Timers: ConnectionTimeOut, the 6 s open-under-load wait, feedback timeouts."""
@@ -930,8 +972,20 @@ class Charger:
         if self.settings.stop_tx_on_invalid_id:
             connector.stop_transaction(StopReason.DE_AUTHORIZED)
         else:
-            tx.energy_allowed = False
+            tx.id_tag_rejected = True
         self._reconcile()
+
+    def restore_hold(self, connector_id: int, id_tag: str, parent_id_tag: str | None) -> None:
+        self.connector(connector_id).restore_hold(id_tag, parent_id_tag)
+        self._reconcile()
+
+    def set_meter_start(self, connector_id: int, local_id: int, meter_start_wh: float) -> None:
+        """The exact meterStart, from the reading taken before energy flowed (the one the
+        transaction started with was only the latest reading)."""
+        tx = self.connector(connector_id).tx
+        if tx is not None and tx.local_id == local_id:
+            tx.meter_start_wh = meter_start_wh
+            self._reconcile()
 
     def set_parent_id_tag(self, connector_id: int, local_id: int, parent: str | None) -> None:
         tx = self.connector(connector_id).tx

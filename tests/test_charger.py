@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drivers.protocols import CpState, PilotOutput, PilotReading
+from drivers.protocols import CpState, MeterReading, PilotOutput, PilotReading
 from evse_daemon.charger import (
     Action,
     AuthorizationExpired,
@@ -825,6 +825,52 @@ def test_transaction_rejected_suspends_when_not_stopping() -> None:
     charger.set_limit(1, 32)
     assert charger.drain() == []
     assert charger.connector(1).status is Status.SUSPENDED_EVSE
+
+
+def energy(wh: float) -> MeterReading:
+    return MeterReading(energy_import_wh=wh, power_w=7000.0, current_a=(10.0,), voltage_v=(230.0,))
+
+
+def test_max_energy_on_invalid_id_lets_the_ev_take_that_much_then_suspends() -> None:
+    charger, _ = make(stop_tx_on_invalid_id=False, max_energy_on_invalid_id_wh=500)
+    charger.on_meter(1, energy(10_000))
+    start_charging(charger)
+    charger.on_meter(1, energy(10_200))
+    charger.transaction_rejected(1, local_id=1)
+    assert charger.drain() == []  # 200 Wh of the 500 used: energy still offered
+    charger.on_meter(1, energy(10_499.9))
+    assert charger.drain() == []
+    charger.on_meter(1, energy(10_500))  # counted from meterStart: the allowance is used up
+    assert charger.drain() == [
+        SetPilot(1, PilotOutput.STEADY, 0.0),
+        status(1, Status.SUSPENDED_EVSE),
+    ]
+    assert charger.transaction_on(1) is not None  # the transaction itself goes on
+
+
+def test_max_energy_on_invalid_id_already_used_offline_gives_nothing_more() -> None:
+    charger, _ = make(stop_tx_on_invalid_id=False, max_energy_on_invalid_id_wh=500)
+    charger.on_meter(1, energy(10_000))
+    start_charging(charger)
+    charger.on_meter(1, energy(12_000))  # charged 2 kWh offline before the answer came
+    charger.transaction_rejected(1, local_id=1)
+    assert statuses(charger.drain()) == [Status.SUSPENDED_EVSE]
+
+
+def test_max_energy_on_invalid_id_is_not_given_without_a_meter_reading() -> None:
+    charger, _ = make(stop_tx_on_invalid_id=False, max_energy_on_invalid_id_wh=500)
+    start_charging(charger)  # no reading: the allowance could not be kept, so none
+    charger.transaction_rejected(1, local_id=1)
+    assert statuses(charger.drain()) == [Status.SUSPENDED_EVSE]
+
+
+def test_max_energy_on_invalid_id_does_not_apply_when_stopping_on_invalid_id() -> None:
+    charger, _ = make(stop_tx_on_invalid_id=True, max_energy_on_invalid_id_wh=500)
+    charger.on_meter(1, energy(10_000))
+    start_charging(charger)
+    charger.transaction_rejected(1, local_id=1)
+    actions = charger.drain()
+    assert TransactionStopped(1, 1, StopReason.DE_AUTHORIZED, T0, None) in actions
 
 
 # ---------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import os
 import random
 import secrets
@@ -51,6 +52,9 @@ SEED_ENV = "EVSE_TORTURE_SEED"
 KILLS_ENV = "EVSE_TORTURE_KILLS"
 DEFAULT_KILLS = 50
 CONNECTORS = 2
+# A Reset restarts the daemon in-process: it waits for its StopTransactions to be delivered
+# (10 s at most for a soft one, while offline), then rebuilds everything above the drivers.
+RESET_RESTART_S = 15.0
 TX_ACTIONS = ("StartTransaction", "MeterValues", "StopTransaction")
 ENERGY = "Energy.Active.Import.Register"
 # How the sessions here end: card, unplug, RemoteStop, kill (same boot), Reset.
@@ -134,6 +138,7 @@ class Torture:
         self.figures = Figures()
         self._tags = 0
         self._answering = False  # the current daemon has answered on its control socket
+        self._reset_at = -math.inf  # when the driver last asked the CSMS for a Reset
         self.config = write_config(
             directory,
             csms.url,
@@ -221,8 +226,14 @@ class Torture:
         self._answering = True
         while True:
             await asyncio.sleep(rng.uniform(0.02, 0.25))
-            status = await self.ctl(cmd="status")
-            await self._act(rng, rng.choice(status["connectors"]))
+            try:
+                status = await self.ctl(cmd="status")
+                await self._act(rng, rng.choice(status["connectors"]))
+            except ControlError:
+                # A Reset restarts the daemon in-process: its control socket closes for a
+                # moment. At any other time an unreachable daemon is a failure.
+                if time.monotonic() - self._reset_at > RESET_RESTART_S:
+                    raise
 
     async def _act(self, rng: random.Random, connector: dict[str, Any]) -> None:
         cid = connector["id"]
@@ -243,6 +254,7 @@ class Torture:
                 await self.ctl(cmd="ev", connector=cid, state="auto")  # and goes on
             elif roll < 0.29:
                 # The daemon stops its transactions and restarts in-process (the car stays).
+                self._reset_at = time.monotonic()
                 await self._csms_call(call.Reset(type=rng.choice(["Soft", "Hard"])))
             return
         if not plugged:

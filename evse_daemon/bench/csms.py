@@ -165,7 +165,9 @@ class _CsmsChargePoint(_ChargePoint16):  # type: ignore[misc]  # ocpp is untyped
             return
         try:
             pending = self._session.incoming.get(forward) if forward else None
-            if pending is not None and self._csms._take_call_error(pending[0]):
+            if pending is not None and self._csms._take(self._csms.unanswered, pending[0]):
+                pass  # swallowed: the charge point's message timeout has to run out
+            elif pending is not None and self._csms._take(self._csms.call_errors, pending[0]):
                 # Answered with a CALLERROR instead of being handled (retry tests).
                 error = [_CALLERROR, forward, _FAILED_CALL_CODE, "failed by the bench CSMS", {}]
                 await self._connection.send(json.dumps(error))
@@ -368,6 +370,10 @@ class BenchCsms:
         #: instead of being handled; a negative count fails them all. Such a CALL is recorded
         #: in :attr:`received` with ``error="InternalError"``.
         self.call_errors = dict(call_errors or {})
+        #: Action → how many of its next CALLs get no answer at all, so that the charge
+        #: point's message timeout runs out; counted like :attr:`call_errors`. Such a CALL is
+        #: recorded in :attr:`received` with ``error="NoReply"``.
+        self.unanswered: dict[str, int] = {}
         self.url = ""
         self.received: list[ReceivedMessage] = []
         self.connections = 0
@@ -779,12 +785,13 @@ class BenchCsms:
             expiry_date=self.id_tag_expiry.get(id_tag),
         )
 
-    def _take_call_error(self, action: str) -> bool:
-        remaining = self.call_errors.get(action, 0)
+    @staticmethod
+    def _take(counts: dict[str, int], action: str) -> bool:
+        remaining = counts.get(action, 0)
         if remaining == 0:
             return False
         if remaining > 0:
-            self.call_errors[action] = remaining - 1
+            counts[action] = remaining - 1
         return True
 
     def _new_transaction(self, id_tag: str) -> int:

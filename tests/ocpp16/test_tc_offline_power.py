@@ -448,6 +448,49 @@ async def test_TC_037_2_offline_start_transaction_invalid_id_tag_stop_on_invalid
         assert _local_status(b) == "SuspendedEVSE"
 
 
+async def test_max_energy_on_invalid_id_is_delivered_then_energy_stops(tmp_path: Path) -> None:
+    """StopTransactionOnInvalidId=false with MaxEnergyOnInvalidId (errata 3.17; OCTT 2.0.1
+    TC_C_15 in 1.6 terms): the idTag is Accepted in the cache, so the transaction starts
+    without an Authorize; the CSMS answers the StartTransaction Invalid. The EV may still take
+    MaxEnergyOnInvalidId Wh counted from meterStart, then the energy offer stops; the
+    transaction goes on until the EV leaves."""
+    allowance_wh = 5  # the mock EV draws 32 A on 3 phases: about 6 Wh a second
+    config = {
+        "AuthorizationCacheEnabled": True,
+        "LocalPreAuthorize": True,
+        "StopTransactionOnInvalidId": False,
+        "MaxEnergyOnInvalidId": allowance_wh,
+    }
+    async with bench(tmp_path, ocpp_config=config) as b:
+        await b.booted()
+        await b.start_charging(1, "TAG-CACHED")  # Accepted: now in the cache
+        b.swipe("TAG-CACHED")
+        await b.wait_until(lambda: _local_status(b) == "Finishing", what="first session over")
+        b.ev(1).unplug()
+        await b.wait_until(lambda: _local_status(b) == "Available", what="cable out")
+        b.csms.id_tag_status["TAG-CACHED"] = "Invalid"  # blocked since, at the CSMS
+        mark = b.csms.mark()
+        b.ev(1).plug()
+        b.swipe("TAG-CACHED")
+        start = await b.csms.wait_for("StartTransaction", after=mark)
+        assert "Authorize" not in b.actions(mark)  # LocalPreAuthorize from the cache
+        # The answer said Invalid, yet the EV charges on until the allowance is used up.
+        suspended = await b.wait_status(1, "SuspendedEVSE", after=_index(b, start) + 1)
+        assert "Charging" in b.statuses(1, after=_index(b, start))
+        await b.wait_until(
+            lambda: b.ev(1).snapshot()["contactor_commanded"] is False, what="contactor open"
+        )
+        delivered_wh = b.ev(1).snapshot()["energy_wh"] - start.payload["meterStart"]
+        # At least the allowance, and past it by no more than one meter interval's energy.
+        assert allowance_wh <= delivered_wh <= allowance_wh + 12, delivered_wh
+        assert b.app.charger.connector(1).tx is not None
+        assert "StopTransaction" not in b.actions(_index(b, suspended))
+        b.ev(1).unplug()
+        stop = await b.csms.wait_for("StopTransaction", after=mark)
+        assert stop.payload["reason"] == "EVDisconnected"
+        assert stop.payload["meterStop"] - start.payload["meterStart"] <= allowance_wh + 13
+
+
 async def test_TC_037_3_offline_start_transaction_invalid_id_tag_stop_on_invalid_id_true(
     tmp_path: Path,
 ) -> None:
@@ -485,6 +528,36 @@ async def test_TC_037_3_offline_start_transaction_invalid_id_tag_stop_on_invalid
         await b.barrier()
         assert len(b.csms.messages("StopTransaction")) == 1
         assert len(b.csms.messages("StartTransaction")) == 1
+
+
+async def test_a_cable_held_after_a_deauthorized_stop_stays_held_across_a_restart(
+    tmp_path: Path,
+) -> None:
+    config = {
+        "LocalAuthorizeOffline": True,
+        "AllowOfflineTxForUnknownId": True,
+        "StopTransactionOnInvalidId": True,
+    }
+    status = {"TAG-INVALID": "Invalid"}
+    async with bench(tmp_path, ocpp_config=config, id_tag_status=status) as b:
+        mark, _start = await _offline_start_rejected_by_the_csms(b)
+        await b.csms.wait_for("StopTransaction", after=mark)
+        await b.wait_until(lambda: b.app.charger.connector(1).held_for is not None, what="held")
+        await b.barrier()
+        restarted = b.csms.mark()
+        await b.restart_app()  # e.g. the watchdog restarted the daemon
+        await b.csms.wait_for("BootNotification", after=restarted)
+        assert b.app.charger.connector(1).held_for == ("TAG-INVALID", None)
+        assert b.ev(1).snapshot()["locked"] is True
+        b.swipe("TAG-OTHER")
+        await b.barrier()
+        assert b.ev(1).snapshot()["locked"] is True
+        b.swipe("TAG-INVALID")
+        await b.wait_until(lambda: b.ev(1).snapshot()["locked"] is False, what="cable released")
+        await b.barrier()
+        await b.restart_app()
+        await b.app.started.wait()
+        assert b.app.charger.connector(1).held_for is None  # the release was persisted too
 
 
 async def test_TC_038_offline_stop_transaction(tmp_path: Path) -> None:
@@ -589,6 +662,33 @@ async def test_stop_transaction_answered_with_callerror_is_retried_after_interva
         await b.barrier()
         assert len(b.csms.messages("StopTransaction", include_rejected=True)) == 3
         await b.wait_until(lambda: _queue_depth(b) == 0, what="queue drained")
+
+
+async def test_stop_transaction_without_an_answer_in_the_message_timeout_is_retried(
+    tmp_path: Path,
+) -> None:
+    """§4.8: no answer within the message timeout is a failure to process, like a CALLERROR:
+    the same message goes again after TransactionMessageRetryInterval × attempts so far."""
+    timeout_s = 1.0
+    async with bench(
+        tmp_path, ocpp_config=RETRY_CONFIG, extra_ocpp={"message_timeout_s": timeout_s}
+    ) as b:
+        await b.booted()
+        tx = await b.start_charging(1, "TAG-OK")
+        b.csms.unanswered["StopTransaction"] = 2
+        mark = b.csms.mark()
+        b.swipe("TAG-OK")
+        attempts = await _nth(b.csms, "StopTransaction", 3, after=mark)
+        assert [m.error for m in attempts] == ["NoReply", "NoReply", None]
+        assert all(m.payload == attempts[0].payload for m in attempts)
+        assert attempts[0].payload["transactionId"] == tx
+        # Each gap: the timeout running out, then the retry interval × attempts (1 s, 2 s).
+        gaps = [m2.received_at - m1.received_at for m1, m2 in pairwise(attempts)]
+        assert timeout_s + 0.9 <= gaps[0] <= timeout_s + 1.6, gaps
+        assert timeout_s + 1.9 <= gaps[1] <= timeout_s + 2.6, gaps
+        await b.wait_until(lambda: _queue_depth(b) == 0, what="queue drained")
+        # Unanswered is not disconnected: the link stayed up throughout.
+        assert b.csms.connections == 1
 
 
 async def test_stop_transaction_is_given_up_after_the_attempts_and_the_queue_moves_on(
