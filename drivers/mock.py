@@ -193,6 +193,7 @@ class MockConnectorHardware:
         self.lock: Final = MockLock(self) if has_lock else None
         self.rcd: Final = MockResidualCurrentMonitor(self)
         self.temperature: Final = MockTemperatureSensor(self)
+        self._temperature_set_c: float | None = None
 
     # ----------------------------------------------------------------- bench controls
 
@@ -332,7 +333,18 @@ class MockConnectorHardware:
         return [current_a if i < phases_used else 0.0 for i in range(self.phases)]
 
     def _temperature_locked(self) -> float:
-        return _OVERTEMP_TEMPERATURE_C if "overtemp" in self._faults else _NORMAL_TEMPERATURE_C
+        if "overtemp" in self._faults:
+            return _OVERTEMP_TEMPERATURE_C
+        if self._temperature_set_c is not None:
+            return self._temperature_set_c
+        return _NORMAL_TEMPERATURE_C
+
+    def set_temperature(self, temperature_c: float | None) -> None:
+        """Bench: the sensor reads this (None: back to normal); "overtemp" still wins."""
+        if temperature_c is not None and not math.isfinite(temperature_c):
+            raise ValueError(f"temperature must be finite, not {temperature_c!r}")
+        with self._mutex:
+            self._temperature_set_c = temperature_c
 
     def _integrate_locked(self) -> float:
         """Bring the register up to now. Power is constant between changes, so this is exact."""

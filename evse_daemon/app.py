@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Coroutine
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,23 @@ from .config import Config
 from .control import ControlError, ControlServer
 from .hardware import Hardware
 from .iec61851 import X1_OPEN_UNDER_LOAD_S
+from .limits import ConnectorLimits, LimitDecision, offered_currents, thermal_derating_a
 from .ocpp16.adapter import OcppAdapter16
 from .ocpp_keys import OcppConfiguration
 from .ports import AvailabilityResult, ResetKind, UnlockResult
+from .profiles import (
+    ChargingProfile,
+    CompositePeriod,
+    InstalledProfile,
+    ProfileLimits,
+    ProfilePurpose,
+    ProfileSet,
+    RateUnit,
+    composite_schedule,
+    limit_at,
+    profile_from_ocpp,
+    profile_to_ocpp,
+)
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -56,6 +71,7 @@ log = logging.getLogger(__name__)
 SAFETY_INTERVAL_S = 0.05
 METER_INTERVAL_S = 1.0
 METER_TIMEOUT_S = 3.0
+LIMITS_RECHECK_S = 60.0
 TEMPERATURE_HYSTERESIS_C = 5.0
 # How long a stop or reset waits for queued transaction messages to reach the CSMS.
 SOFT_RESET_FLUSH_S = 10.0
@@ -84,6 +100,17 @@ class RunOutcome(enum.Enum):
 
 class _Stop(Exception):
     """Raised inside the task group to end the run."""
+
+
+def _latest_pilot_only(actions: list[Action]) -> list[Action]:
+    """Drop every SetPilot that a later one for the same connector in the same batch
+    supersedes: the pilot shows only the final offer (all decided at the same instant)."""
+    last_pilot = {a.connector_id: i for i, a in enumerate(actions) if isinstance(a, SetPilot)}
+    return [
+        a
+        for i, a in enumerate(actions)
+        if not isinstance(a, SetPilot) or last_pilot[a.connector_id] == i
+    ]
 
 
 class _MeterAtRest:
@@ -200,6 +227,17 @@ class App:
         self._bound_readings: dict[tuple[int, int, bool], asyncio.Future[MeterReading]] = {}
         self.started = asyncio.Event()
         self.safety_alive_at = time.monotonic()
+        # Smart charging: the installed profiles, the limits last applied, the profiles of
+        # accepted RemoteStartTransactions waiting for their transaction (by idTag).
+        self.profiles = ProfileSet(ProfileLimits(), [0, *self.charger.connectors])
+        self._persisted_profiles: dict[int, dict[str, Any]] = {}
+        self._persisting_profiles = asyncio.Lock()
+        self.limit_decisions: dict[int, LimitDecision] = {}
+        self._limits_changed = asyncio.Event()
+        self._updating_limits = False
+        self._next_limit_change: datetime | None = None
+        self._derating_a: dict[int, float | None] = {}
+        self._remote_start_profiles: dict[str, tuple[int | None, ChargingProfile]] = {}
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -230,6 +268,7 @@ class App:
                     tasks.create_task(self._wait_for_stop())
                     tasks.create_task(self._safety_loop())
                     tasks.create_task(self._forward_events())
+                    tasks.create_task(self._limits_loop())
                     tasks.create_task(self.adapter.run())
                     for connector_id in self.charger.connectors:
                         tasks.create_task(self._meter_loop(connector_id))
@@ -275,6 +314,7 @@ class App:
         self._last_local_tx_id = await self.store.last_local_id()
         await self.adapter.load()
         await self.adapter.load_authorization()
+        await self._load_profiles()
         for key, held in (await self.store.get_all("cable_hold")).items():
             if int(key) in self.charger.connectors and held is not None:
                 self.charger.restore_hold(int(key), str(held[0]), held[1])
@@ -378,6 +418,19 @@ class App:
 
     def _apply(self, actions: list[Action]) -> None:
         """Carry out the controller's actions: hardware now, everything else in order later."""
+        if not self._updating_limits and any(
+            isinstance(a, TransactionStarted | TransactionStopped | StatusChanged) for a in actions
+        ):
+            # A session began or ended, or an EV came, went, began or stopped drawing: the
+            # limits (shares, a RemoteStart profile) are worked out before any of this reaches
+            # the hardware, so that a new session's first PWM offer is already its share.
+            for action in actions:
+                if isinstance(action, TransactionStarted):
+                    self._bind_remote_start_profile(action)
+                elif isinstance(action, TransactionStopped):
+                    self._end_transaction_profiles(action.connector_id)
+            actions = _latest_pilot_only([*actions, *self._limit_actions()])
+            self._limits_changed.set()  # the next scheduled change may have moved
         for action in actions:
             if isinstance(action, SetContactor):
                 self.hardware.connectors[action.connector_id].contactor.set_closed(action.closed)
@@ -412,6 +465,8 @@ class App:
                 elif isinstance(action, TransactionStopped):
                     at_rest = self._at_rest[action.connector_id].after_next_open()
                     self._bound_readings[(action.connector_id, action.local_id, False)] = at_rest
+                elif isinstance(action, AuthorizationExpired):
+                    self._remote_start_profiles.pop(action.id_tag, None)
                 self._events.put_nowait(action)
 
     async def _safety_loop(self) -> None:
@@ -428,6 +483,7 @@ class App:
             await asyncio.sleep(SAFETY_INTERVAL_S)
 
     def _check_temperatures(self) -> None:
+        derating_changed = False
         for connector_config in self.config.connectors:
             sensor = self.hardware.connectors[connector_config.id].temperature
             if sensor is None:
@@ -438,6 +494,12 @@ class App:
             # Hysteresis: a relay at the limit must not chatter between charging and not.
             threshold = limit_c - TEMPERATURE_HYSTERESIS_C if faulted else limit_c
             self.charger.set_fault(connector_config.id, Fault.OVERTEMP, temperature_c >= threshold)
+            derating_a = thermal_derating_a(temperature_c, limit_c, connector_config.max_current_a)
+            if self._derating_a.get(connector_config.id) != derating_a:
+                self._derating_a[connector_config.id] = derating_a
+                derating_changed = True
+        if derating_changed:
+            self.update_limits()
 
     async def _drive_lock(self, connector_id: int, locked: bool) -> None:
         lock = self.hardware.connectors[connector_id].lock
@@ -521,6 +583,270 @@ class App:
                 wait_s,
             )
             return self.charger.connector(event.connector_id).meter
+
+    # --- smart charging and limits ------------------------------------------------------------
+
+    def _profile_limits(self) -> ProfileLimits:
+        keys = self.keys
+        units = {
+            {"Current": RateUnit.AMPS, "Power": RateUnit.WATTS}[member]
+            for member in keys.get("ChargingScheduleAllowedChargingRateUnit").split(",")
+            if member
+        }
+        return ProfileLimits(
+            max_stack_level=keys.get_int("ChargeProfileMaxStackLevel"),
+            max_periods=keys.get_int("ChargingScheduleMaxPeriods"),
+            max_installed=keys.get_int("MaxChargingProfilesInstalled"),
+            allowed_units=frozenset(units),
+        )
+
+    def _transaction_context(self, connector_id: int) -> tuple[datetime | None, int | None]:
+        """When the connector's transaction started and its CSMS transactionId, if any."""
+        tx = self.charger.transaction_on(connector_id) if connector_id else None
+        if tx is None:
+            return None, None
+        return tx.started_at, self.adapter.csms_transaction_id(tx.local_id)
+
+    def _phases(self, connector_id: int) -> int:
+        if connector_id == 0:
+            return max(c.phases for c in self.config.connectors)
+        return self.charger.connector(connector_id).phases
+
+    def update_limits(self) -> datetime | None:
+        """Work out every connector's offered current now and apply it; returns when a
+        charging profile next changes a limit (None: no change is scheduled)."""
+        if self._updating_limits:
+            return None
+        self._apply(self._limit_actions())
+        return self._next_limit_change
+
+    def _limit_actions(self) -> list[Action]:
+        """Set every connector's limit in the controller; the actions that follow."""
+        self._updating_limits = True
+        try:
+            self._next_limit_change = self._set_limits()
+            return self.charger.drain()
+        finally:
+            self._updating_limits = False
+
+    def _set_limits(self) -> datetime | None:
+        now = self.clock.utc_now()
+        voltage = self.config.station.nominal_voltage_v
+        next_changes: list[datetime] = []
+        cp_max_a, change = limit_at(
+            self.profiles,
+            0,
+            now,
+            nominal_voltage_v=voltage,
+            connector_phases=self._phases(0),
+            transaction_start=None,
+            transaction_id=None,
+        )
+        if change is not None:
+            next_changes.append(change)
+        inputs: dict[int, ConnectorLimits] = {}
+        for connector_id, connector in self.charger.connectors.items():
+            started_at, transaction_id = self._transaction_context(connector_id)
+            ocpp_a, change = limit_at(
+                self.profiles,
+                connector_id,
+                now,
+                nominal_voltage_v=voltage,
+                connector_phases=connector.phases,
+                transaction_start=started_at,
+                transaction_id=transaction_id,
+            )
+            if change is not None:
+                next_changes.append(change)
+            tx = connector.tx
+            inputs[connector_id] = ConnectorLimits(
+                rating_a=connector.max_current_a,
+                ocpp_a=ocpp_a,
+                derating_a=self._derating_a.get(connector_id),
+                charging=tx is not None and connector.ev_present,
+                started_order=tx.local_id if tx is not None else 0,
+            )
+        decisions = offered_currents(
+            inputs, charge_point_max_a=cp_max_a, site_max_a=self.config.site.max_current_a
+        )
+        self.limit_decisions = decisions
+        # Lower limits first: a share moving from one connector to another never adds up to
+        # more than the budget, even between two commands.
+        changes = sorted(
+            (
+                (decision.limit_a - self.charger.connector(cid).limit_a, cid, decision.limit_a)
+                for cid, decision in decisions.items()
+                if self.charger.connector(cid).limit_a != decision.limit_a
+            ),
+        )
+        for _delta, connector_id, limit_a in changes:
+            self.charger.set_limit(connector_id, limit_a)
+        return min(next_changes, default=None)
+
+    def limits_changed(self) -> None:
+        """Something the limits depend on changed: re-evaluate now (and re-plan the timer)."""
+        self.update_limits()
+        self._limits_changed.set()
+
+    async def _limits_loop(self) -> None:
+        """Applies the limits when a charging profile's period begins or ends."""
+        while True:
+            next_change = self.update_limits()
+            self._limits_changed.clear()
+            # Re-checked at least every minute: the wall clock may be stepped (NTP on a board
+            # without an RTC), which a monotonic sleep would not notice.
+            wait_s = LIMITS_RECHECK_S
+            if next_change is not None:
+                wait_s = min(wait_s, max(0.0, (next_change - self.clock.utc_now()).total_seconds()))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await self._limits_changed.wait()
+
+    async def _load_profiles(self) -> None:
+        self.profiles = ProfileSet(self._profile_limits(), [0, *self.charger.connectors])
+        stored = await self.store.get_all("charging_profiles")
+        restored: list[InstalledProfile] = []
+        for key, entry in stored.items():
+            try:
+                profile = profile_from_ocpp(entry["profile"])
+                restored.append(InstalledProfile(int(entry["connector_id"]), profile))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("dropping stored charging profile %s: %s", key, exc)
+        # TxProfiles belong to transactions that a restart has ended.
+        self.profiles.load(p for p in restored if p.profile.purpose is not ProfilePurpose.TX)
+        self._persisted_profiles = {int(k): v for k, v in stored.items()}
+        await self._persist_profiles()
+
+    async def _persist_profiles(self) -> None:
+        """Make the store hold exactly the installed profiles (FULL durability: rare writes,
+        and only of what changed: a CSMS may replace one profile every minute)."""
+        async with self._persisting_profiles:  # one at a time, each from the set as it is now
+            await self._persist_profiles_now()
+
+    async def _persist_profiles_now(self) -> None:
+        installed = {
+            p.profile.profile_id: {
+                "connector_id": p.connector_id,
+                "profile": profile_to_ocpp(p.profile),
+            }
+            for p in self.profiles.installed()
+        }
+        for profile_id in self._persisted_profiles.keys() - installed.keys():
+            await self.store.delete("charging_profiles", str(profile_id))
+            del self._persisted_profiles[profile_id]
+        for profile_id, entry in installed.items():
+            if self._persisted_profiles.get(profile_id) != entry:
+                await self.store.put("charging_profiles", str(profile_id), entry)
+                self._persisted_profiles[profile_id] = entry
+
+    def _bind_remote_start_profile(self, event: TransactionStarted) -> None:
+        if not event.remote:
+            return
+        pending = self._remote_start_profiles.pop(event.id_tag, None)
+        if pending is None:
+            return
+        connector_id, profile = pending
+        if connector_id not in (None, event.connector_id):
+            return
+        reason = self.profiles.install_remote_start(event.connector_id, profile, None)
+        if reason is not None:
+            log.warning("RemoteStartTransaction charging profile not applied: %s", reason)
+            return
+        self._spawn(self._persist_profiles())
+
+    def _end_transaction_profiles(self, connector_id: int) -> None:
+        revision = self.profiles.revision
+        self.profiles.end_transaction(connector_id)
+        if self.profiles.revision != revision:
+            self._spawn(self._persist_profiles())
+
+    # The ChargerPort side of smart charging, for the OCPP adapter.
+
+    def remote_start_profile(
+        self, connector_id: int | None, id_tag: str, profile: ChargingProfile | None
+    ) -> None:
+        """The chargingProfile of a RemoteStartTransaction (None: it had none): it applies
+        to the transaction that the remote start begins."""
+        if profile is None:
+            self._remote_start_profiles.pop(id_tag, None)
+        else:
+            self._remote_start_profiles[id_tag] = (connector_id, profile)
+
+    async def set_charging_profile(self, connector_id: int, profile: ChargingProfile) -> str | None:
+        """SetChargingProfile: None if Accepted, else why it is Rejected. An unknown
+        connector raises ProfileError (PropertyConstraintViolation)."""
+        _started_at, transaction_id = self._transaction_context(connector_id)
+        if connector_id and self.charger.transaction_on(connector_id) is not None:
+            # A transaction whose StartTransaction is still queued has no CSMS id yet.
+            transaction_id = transaction_id if transaction_id is not None else -1
+        reason = self.profiles.install(connector_id, profile, transaction_id=transaction_id)
+        if reason is None:
+            self.limits_changed()
+            await self._persist_profiles()
+        return reason
+
+    async def clear_charging_profile(
+        self,
+        profile_id: int | None,
+        connector_id: int | None,
+        purpose: ProfilePurpose | None,
+        stack_level: int | None,
+    ) -> bool:
+        cleared = self.profiles.clear(
+            profile_id=profile_id,
+            connector_id=connector_id,
+            purpose=purpose,
+            stack_level=stack_level,
+        )
+        if cleared:
+            self.limits_changed()
+            await self._persist_profiles()
+        return cleared
+
+    def composite_schedule(
+        self, connector_id: int, duration_s: int, unit: RateUnit | None
+    ) -> tuple[datetime, RateUnit, list[CompositePeriod]] | None:
+        """GetCompositeSchedule: from now for ``duration_s``, or None for an unknown
+        connector (Rejected). Unconstrained time is reported at the connector's rating
+        (connector 0: the site limit, or the sum of the ratings)."""
+        if connector_id != 0 and connector_id not in self.charger.connectors:
+            return None
+        start = self.clock.utc_now().replace(microsecond=0)
+        unit = unit or RateUnit.AMPS
+        started_at, transaction_id = self._transaction_context(connector_id)
+        phases = self._phases(connector_id)
+        voltage = self.config.station.nominal_voltage_v
+        periods = composite_schedule(
+            self.profiles,
+            connector_id,
+            start,
+            duration_s,
+            unit=unit,
+            nominal_voltage_v=voltage,
+            connector_phases=phases,
+            transaction_start=started_at,
+            transaction_id=transaction_id,
+        )
+        if connector_id == 0:
+            ceiling_a = sum(c.max_current_a for c in self.config.connectors)
+            if self.config.site.max_current_a is not None:
+                ceiling_a = min(ceiling_a, self.config.site.max_current_a)
+        else:
+            ceiling_a = self.charger.connector(connector_id).max_current_a
+        ceiling = ceiling_a if unit is RateUnit.AMPS else ceiling_a * voltage * phases
+        capped = [
+            CompositePeriod(p.start_period_s, min(p.limit, ceiling), p.number_phases)
+            for p in periods
+        ]
+        merged: list[CompositePeriod] = []
+        for period in capped:
+            if merged and (merged[-1].limit, merged[-1].number_phases) == (
+                period.limit,
+                period.number_phases,
+            ):
+                continue
+            merged.append(period)
+        return start, unit, merged
 
     # --- OCPP-facing events -----------------------------------------------------------------
 
@@ -780,6 +1106,17 @@ class App:
             raise ControlError(str(exc)) from None
         return None
 
+    def _limits_status(self, connector_id: int) -> dict[str, Any]:
+        """Each limit that applies (amperes per phase) and the one that binds."""
+        decision = self.limit_decisions.get(connector_id)
+        if decision is None:
+            return {"limit_a": None, "limit_binding": None, "limits_a": {}}
+        return {
+            "limit_a": round(decision.limit_a, 2),
+            "limit_binding": decision.binding,
+            "limits_a": {name: round(value, 2) for name, value in decision.limits.items()},
+        }
+
     def status(self) -> dict[str, Any]:
         connectors = []
         for view in self.charger.views():
@@ -799,6 +1136,7 @@ class App:
                     "contactor_feedback": hw.contactor.feedback_closed(),
                     "offered_current_a": round(view.offered_current_a, 2),
                     "max_current_a": view.max_current_a,
+                    **self._limits_status(view.connector_id),
                     "operative": view.operative,
                     "scheduled_operative": view.scheduled_operative,
                     "faults": list(view.faults),

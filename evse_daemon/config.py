@@ -113,6 +113,13 @@ class StorageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SiteConfig:
+    # The grid connection's limit, amperes per phase, shared fairly by the charging connectors
+    # (together with any OCPP ChargePointMaxProfile). None: no site limit.
+    max_current_a: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ControlConfig:
     socket: str = "/run/evse-daemon/control.sock"
 
@@ -159,6 +166,7 @@ class Config:
     rfid: DriverConfig | None
     logging: LoggingConfig
     connectors: tuple[ConnectorConfig, ...]
+    site: SiteConfig = SiteConfig()
 
     @property
     def is_bench(self) -> bool:
@@ -521,7 +529,16 @@ class _LineLocator:
 # --------------------------------------------------------------------------------------------
 # Validation
 
-_TOP_LEVEL_KEYS = ("station", "ocpp", "storage", "control", "rfid", "logging", "connector")
+_TOP_LEVEL_KEYS = (
+    "station",
+    "ocpp",
+    "storage",
+    "site",
+    "control",
+    "rfid",
+    "logging",
+    "connector",
+)
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _OCPP_VERSIONS_LATER = ("2.0.1",)
 # OCPP keys that mirror an [ocpp] setting; writing them in [ocpp.config] would give two sources.
@@ -1062,6 +1079,19 @@ def _storage(chk: _Checker, data: Mapping[str, object]) -> StorageConfig | None:
     )
 
 
+def _site(chk: _Checker, data: Mapping[str, object]) -> SiteConfig | None:
+    table = chk.table(data, (), "site", required=False)
+    if table is None:
+        return None if "site" in data else SiteConfig()
+    path: KeyPath = ("site",)
+    mark = chk.mark()
+    chk.unknown_keys(table, path, ("max_current_a",))
+    max_current_a = chk.number(table, path, "max_current_a", lo=0.0, hi=4000.0)
+    if chk.failed_since(mark):
+        return None
+    return SiteConfig(max_current_a)
+
+
 def _control(chk: _Checker, data: Mapping[str, object]) -> ControlConfig | None:
     table = chk.table(data, (), "control", required=False)
     if table is None:
@@ -1209,6 +1239,7 @@ def _build(chk: _Checker, data: Mapping[str, object], file: str) -> Config | Non
     station = _station(chk, data)
     ocpp = _ocpp(chk, data, count)
     storage = _storage(chk, data)
+    site = _site(chk, data)
     control = _control(chk, data)
     rfid = _driver(chk, data, (), "rfid", required=False)
     logging = _logging(chk, data)
@@ -1218,6 +1249,7 @@ def _build(chk: _Checker, data: Mapping[str, object], file: str) -> Config | Non
         or station is None
         or ocpp is None
         or storage is None
+        or site is None
         or control is None
         or logging is None
         or connectors is None
@@ -1231,6 +1263,7 @@ def _build(chk: _Checker, data: Mapping[str, object], file: str) -> Config | Non
         control=control,
         rfid=rfid,
         logging=logging,
+        site=site,
         connectors=connectors,
     )
 

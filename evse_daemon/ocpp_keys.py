@@ -223,7 +223,7 @@ def core_keys(number_of_connectors: int) -> dict[str, KeyDef]:
             "SupportedFeatureProfiles",
             KeyType.CSL,
             readonly=True,
-            default="Core,LocalAuthListManagement,RemoteTrigger",
+            default="Core,LocalAuthListManagement,RemoteTrigger,SmartCharging",
             allowed_values=_FEATURE_PROFILES,
         ),
         _int("TransactionMessageAttempts", 3, lo=1),
@@ -256,6 +256,18 @@ def core_keys(number_of_connectors: int) -> dict[str, KeyDef]:
             write_only=True,
         ),
         _int("SecurityProfile", 0, lo=0, hi=3),
+        # Smart Charging [S16 §9.4]. Read-only: what this charger can hold, which the config
+        # file may lower (a CSMS reading them sizes its profiles to fit).
+        _ro_int("ChargeProfileMaxStackLevel", 8),
+        KeyDef(
+            "ChargingScheduleAllowedChargingRateUnit",
+            KeyType.CSL,
+            readonly=True,
+            default="Current,Power",
+            allowed_values=frozenset({"Current", "Power"}),
+        ),
+        _ro_int("ChargingScheduleMaxPeriods", 24),
+        _ro_int("MaxChargingProfilesInstalled", 32),
     ]
     return {k.name: k for k in keys}
 

@@ -6,9 +6,11 @@ The app implements this; an OCPP 1.6 adapter (and later a 2.0.1 one) uses only t
 from __future__ import annotations
 
 import enum
+from datetime import datetime
 from typing import Protocol
 
 from .charger import ConnectorView, StatusChanged
+from .profiles import ChargingProfile, CompositePeriod, ProfilePurpose, RateUnit
 
 
 class ResetKind(enum.StrEnum):
@@ -65,3 +67,29 @@ class ChargerPort(Protocol):
 
     def configuration_changed(self, key: str) -> None:
         """An OCPP configuration value changed; settings that derive from it must follow."""
+
+    # Smart charging
+
+    def remote_start_profile(
+        self, connector_id: int | None, id_tag: str, profile: ChargingProfile | None
+    ) -> None:
+        """The TxProfile of a RemoteStartTransaction (None: it had none, or it was not
+        Accepted), for the transaction it starts. Called before the start is attempted:
+        with the EV already plugged in, the transaction starts at once."""
+
+    async def set_charging_profile(self, connector_id: int, profile: ChargingProfile) -> str | None:
+        """Install a profile: None if Accepted, else the reason it is Rejected."""
+
+    async def clear_charging_profile(
+        self,
+        profile_id: int | None,
+        connector_id: int | None,
+        purpose: ProfilePurpose | None,
+        stack_level: int | None,
+    ) -> bool:
+        """ClearChargingProfile: True if any profile was removed (Accepted), else Unknown."""
+
+    def composite_schedule(
+        self, connector_id: int, duration_s: int, unit: RateUnit | None
+    ) -> tuple[datetime, RateUnit, list[CompositePeriod]] | None:
+        """GetCompositeSchedule from now: (scheduleStart, unit, periods), or None if Rejected."""

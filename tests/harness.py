@@ -52,6 +52,7 @@ def write_config(
     phases: int = 3,
     station_id: str = "CP-TEST-1",
     extra_ocpp: Mapping[str, Any] | None = None,
+    site_max_a: float | None = None,
 ) -> Path:
     """A bench config in ``directory``; reconnects are fast so tests do not wait."""
     keys = {"HeartbeatInterval": 300, "MeterValueSampleInterval": 0, "ConnectionTimeOut": 60}
@@ -77,6 +78,8 @@ def write_config(
         "[rfid]",
         'driver = "mock"',
     ]
+    if site_max_a is not None:
+        lines += ["[site]", f"max_current_a = {site_max_a}"]
     for connector_id in range(1, connectors + 1):
         lines += [
             "[[connector]]",

@@ -238,6 +238,17 @@ def test_defaults_of_optional_tables() -> None:
     assert config.ocpp.version == "1.6"
     assert config.ocpp.config == {}
     assert config.ocpp.security_profile == 0
+    assert config.site.max_current_a is None
+
+
+def test_site_limit() -> None:
+    config = parse_config(HEAD + "[site]\nmax_current_a = 40\n" + connector())
+    assert config.site.max_current_a == 40
+    text = HEAD + "[site]\nmax_current_a = -1\nmax_power_w = 3\n" + connector()
+    assert errors_of(text) == [
+        "evse.toml:9: site.max_current_a: must be between 0 and 4000, got -1",
+        "evse.toml:10: site.max_power_w: unknown key",
+    ]
 
 
 def test_all_optional_keys() -> None:

@@ -51,7 +51,11 @@ EXPECTED_KEYS = {
     "StopTxnAlignedDataMaxLength": (KeyType.INT, True, "8"),
     "StopTxnSampledData": (KeyType.CSL, False, ""),
     "StopTxnSampledDataMaxLength": (KeyType.INT, True, "8"),
-    "SupportedFeatureProfiles": (KeyType.CSL, True, "Core,LocalAuthListManagement,RemoteTrigger"),
+    "SupportedFeatureProfiles": (
+        KeyType.CSL,
+        True,
+        "Core,LocalAuthListManagement,RemoteTrigger,SmartCharging",
+    ),
     "TransactionMessageAttempts": (KeyType.INT, False, "3"),
     "TransactionMessageRetryInterval": (KeyType.INT, False, "60"),
     "UnlockConnectorOnEVSideDisconnect": (KeyType.BOOL, False, "true"),
@@ -62,6 +66,10 @@ EXPECTED_KEYS = {
     "SendLocalListMaxLength": (KeyType.INT, True, "1000"),
     "AuthorizationKey": (KeyType.STRING, False, ""),
     "SecurityProfile": (KeyType.INT, False, "0"),
+    "ChargeProfileMaxStackLevel": (KeyType.INT, True, "8"),
+    "ChargingScheduleAllowedChargingRateUnit": (KeyType.CSL, True, "Current,Power"),
+    "ChargingScheduleMaxPeriods": (KeyType.INT, True, "24"),
+    "MaxChargingProfilesInstalled": (KeyType.INT, True, "32"),
 }
 
 

@@ -18,12 +18,20 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
 import ocpp.messages
 import websockets
-from ocpp.exceptions import OCPPError
+from ocpp.charge_point import snake_to_camel_case
+from ocpp.exceptions import (
+    FormationViolationError,
+    OccurenceConstraintViolationError,
+    OCPPError,
+    PropertyConstraintViolationError,
+    TypeConstraintViolationError,
+)
 from ocpp.messages import Call, unpack
 from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint as _OcppChargePoint
@@ -40,6 +48,13 @@ from ..clock import Clock, SystemClock, iso_utc
 from ..config import OcppSection, StationConfig
 from ..ocpp_keys import ChangeResult, OcppConfiguration
 from ..ports import ChargerPort, ResetKind
+from ..profiles import (
+    ChargingProfile,
+    ProfileError,
+    ProfilePurpose,
+    RateUnit,
+    profile_from_ocpp,
+)
 from ..store import AuthRow, Store
 from .frames import FrameError, Ignored, InboundCall, InboundReply, parse_inbound
 from .measurands import meter_value
@@ -102,6 +117,35 @@ def _parse_expiry(value: object) -> datetime:
         raise ValueError(f"expiryDate {value!r} is not a string")
     moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+_PROFILE_ERRORS: dict[str, type[OCPPError]] = {
+    "PropertyConstraintViolation": PropertyConstraintViolationError,
+    "TypeConstraintViolation": TypeConstraintViolationError,
+    "OccurenceConstraintViolation": OccurenceConstraintViolationError,
+    "FormationViolation": FormationViolationError,
+}
+
+
+def _plain_numbers(value: Any) -> Any:
+    """Decimals (how frames.py parses JSON numbers) as floats, recursively."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _plain_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_numbers(v) for v in value]
+    return value
+
+
+def _charging_profile(snake: dict[str, Any]) -> ChargingProfile:
+    """A chargingProfile as the library hands it over (snake_case keys) → ChargingProfile;
+    what the schema lets through but the rules do not becomes the CALLERROR they name."""
+    try:
+        return profile_from_ocpp(_plain_numbers(snake_to_camel_case(snake)))
+    except ProfileError as exc:
+        error = _PROFILE_ERRORS.get(exc.code, PropertyConstraintViolationError)
+        raise error(description=str(exc)[:200]) from exc
 
 
 def _idtag_info(raw: dict[str, Any] | None) -> IdTagInfo | None:
@@ -216,10 +260,20 @@ class _Link(_OcppChargePoint):  # type: ignore[misc]
 
     @on(Action.remote_start_transaction, skip_schema_validation=True)
     def _remote_start(
-        self, id_tag: str, connector_id: int | None = None, **_: Any
+        self,
+        id_tag: str,
+        connector_id: int | None = None,
+        charging_profile: dict[str, Any] | None = None,
+        **_: Any,
     ) -> call_result.RemoteStartTransaction:
+        profile = None
+        if charging_profile is not None:
+            profile = _charging_profile(charging_profile)
+            if profile.purpose is not ProfilePurpose.TX or profile.transaction_id is not None:
+                # §5.11 / errata: only a TxProfile without a transactionId (OCTT TC_060).
+                return call_result.RemoteStartTransaction(status="Rejected")
         return call_result.RemoteStartTransaction(
-            status=self._adapter.remote_start(id_tag, connector_id)
+            status=self._adapter.remote_start(id_tag, connector_id, profile)
         )
 
     @after(Action.remote_start_transaction)
@@ -295,6 +349,59 @@ class _Link(_OcppChargePoint):  # type: ignore[misc]
     ) -> call_result.DataTransfer:
         status, reply = self._adapter.data_transfer(vendor_id, message_id, data)
         return call_result.DataTransfer(status=status, data=reply)
+
+    @on(Action.set_charging_profile, skip_schema_validation=True)
+    async def _set_charging_profile(
+        self, connector_id: int, cs_charging_profiles: dict[str, Any], **_: Any
+    ) -> call_result.SetChargingProfile:
+        profile = _charging_profile(cs_charging_profiles)
+        return call_result.SetChargingProfile(
+            status=await self._adapter.set_charging_profile(connector_id, profile)
+        )
+
+    @on(Action.clear_charging_profile, skip_schema_validation=True)
+    async def _clear_charging_profile(
+        self,
+        id: int | None = None,  # the OCPP field name
+        connector_id: int | None = None,
+        charging_profile_purpose: str | None = None,
+        stack_level: int | None = None,
+        **_: Any,
+    ) -> call_result.ClearChargingProfile:
+        purpose = ProfilePurpose(charging_profile_purpose) if charging_profile_purpose else None
+        cleared = await self._adapter.port.clear_charging_profile(
+            id, connector_id, purpose, stack_level
+        )
+        return call_result.ClearChargingProfile(status="Accepted" if cleared else "Unknown")
+
+    @on(Action.get_composite_schedule, skip_schema_validation=True)
+    def _get_composite_schedule(
+        self,
+        connector_id: int,
+        duration: int,
+        charging_rate_unit: str | None = None,
+        **_: Any,
+    ) -> call_result.GetCompositeSchedule:
+        unit = RateUnit(charging_rate_unit) if charging_rate_unit else None
+        result = self._adapter.port.composite_schedule(connector_id, duration, unit)
+        if result is None:
+            return call_result.GetCompositeSchedule(status="Rejected")
+        start, unit, periods = result
+        schedule: dict[str, Any] = {
+            "duration": duration,
+            "chargingRateUnit": unit.value,
+            "chargingSchedulePeriod": [
+                {"startPeriod": p.start_period_s, "limit": p.limit}
+                | ({"numberPhases": p.number_phases} if p.number_phases is not None else {})
+                for p in periods
+            ],
+        }
+        return call_result.GetCompositeSchedule(
+            status="Accepted",
+            connector_id=connector_id,
+            schedule_start=iso_utc(start),
+            charging_schedule=schedule,
+        )
 
     @on(Action.trigger_message, skip_schema_validation=True)
     def _trigger(
@@ -1143,7 +1250,17 @@ class OcppAdapter16:
 
     # --- CSMS requests ------------------------------------------------------------------------
 
-    def remote_start(self, id_tag: str, connector_id: int | None) -> str:
+    def remote_start(
+        self, id_tag: str, connector_id: int | None, profile: ChargingProfile | None = None
+    ) -> str:
+        # Before the start: with the EV plugged in, the transaction begins inside it.
+        self.port.remote_start_profile(connector_id, id_tag, profile)
+        status = self._remote_start(id_tag, connector_id)
+        if status != "Accepted":
+            self.port.remote_start_profile(connector_id, id_tag, None)
+        return status
+
+    def _remote_start(self, id_tag: str, connector_id: int | None) -> str:
         self._deferred_remote_start = None
         if self.registration != Registration.ACCEPTED:
             return "Rejected"  # not allowed while Pending (§4.2.1)
@@ -1173,6 +1290,17 @@ class OcppAdapter16:
             self.port.remote_start(connector_id, id_tag, decision.parent_id_tag)
         else:
             log.info("remote start for %s not authorized: %s", id_tag, decision.status)
+
+    async def set_charging_profile(self, connector_id: int, profile: ChargingProfile) -> str:
+        if connector_id != 0 and connector_id not in self.port.connector_ids:
+            raise PropertyConstraintViolationError(
+                description=f"no connector {connector_id}", details={"field": "connectorId"}
+            )
+        reason = await self.port.set_charging_profile(connector_id, profile)
+        if reason is not None:
+            log.info("SetChargingProfile %d Rejected: %s", profile.profile_id, reason)
+            return "Rejected"
+        return "Accepted"
 
     def remote_stop(self, transaction_id: int) -> str:
         if self.registration != Registration.ACCEPTED:
