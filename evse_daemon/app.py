@@ -23,6 +23,7 @@ from typing import Any
 from drivers.protocols import CpState, MeterError, MeterReading, PilotOutput, ReaderError
 
 from .auth import Authorizer, AuthSettings
+from .bringup import Bringup, BringupRefused
 from .charger import (
     Action,
     AuthorizationExpired,
@@ -237,6 +238,9 @@ class App:
         self._updating_limits = False
         self._next_limit_change: datetime | None = None
         self._derating_a: dict[int, float | None] = {}
+        self.bringup = Bringup(self)
+        self._commissioning: set[int] = set()
+        self._card_capture: asyncio.Future[str] | None = None
         self._remote_start_profiles: dict[str, tuple[int | None, ChargingProfile]] = {}
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -410,6 +414,8 @@ class App:
         self._apply(self.charger.drain())
 
     def _read_inputs(self, connector_id: int) -> None:
+        if connector_id in self._commissioning:
+            return  # a bring-up test drives this connector: its readings are its own
         hw = self.hardware.connectors[connector_id]
         self.charger.on_pilot(connector_id, hw.pilot.read())
         if hw.rcd is not None:
@@ -953,7 +959,27 @@ class App:
             finally:
                 if not read.done():
                     read.cancel()
+            capture = self._card_capture
+            if capture is not None and not capture.done():
+                capture.set_result(tag)  # evsectl bringup rfid: shown, not authorized
+                continue
             self.present_card(tag)
+
+    def capture_next_card(self, future: asyncio.Future[str] | None) -> None:
+        """Hand the next card read to ``future`` instead of authorizing it (None: stop)."""
+        self._card_capture = future
+
+    def set_commissioning(self, connector_id: int, on: bool) -> bool:
+        """Hand a connector to a bring-up test (True if it was idle) or take it back."""
+        if not self.charger.set_commissioning(connector_id, on):
+            return False
+        if on:
+            self._commissioning.add(connector_id)
+        else:
+            self._commissioning.discard(connector_id)
+            self._read_inputs(connector_id)
+        self._apply(self.charger.drain())
+        return True
 
     def present_card(self, id_tag: str) -> None:
         self.narrate("card", id_tag, {})
@@ -1066,6 +1092,17 @@ class App:
         command = request["cmd"]
         if command == "status":
             return self.status()
+        if command == "bringup":
+            connector = request.get("connector")
+            wait_s = request.get("wait_s")
+            try:
+                return await self.bringup.run(
+                    str(request["part"]),
+                    int(connector) if connector is not None else None,
+                    float(wait_s) if wait_s is not None else None,
+                )
+            except BringupRefused as exc:
+                raise ControlError(str(exc)) from None
         if command == "swipe":
             if self.hardware.bench_reader is None:
                 raise ControlError('swipe needs the mock card reader ([rfid] driver = "mock")')

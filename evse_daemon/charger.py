@@ -310,6 +310,9 @@ class Connector:
         self.held_for: tuple[str, str | None] | None = None
         self.limit_a = max_current_a
         self.meter: MeterReading | None = None
+        # A technician is exercising the hardware (evsectl bringup): the controller leaves
+        # the outputs to the bring-up code and offers no service on this connector.
+        self.commissioning = False
 
         # Derived outputs, as last commanded. None until the first reconcile so that the
         # first one always drives the hardware.
@@ -371,6 +374,8 @@ class Connector:
         return self.meter.energy_import_wh - tx.meter_start_wh < allowance_wh
 
     def _desired_pilot(self, now: float) -> tuple[PilotOutput, float]:
+        if self.commissioning:
+            return (PilotOutput.STATE_F, 0.0)
         if self.blocking_fault is not None:
             # State F for at least 300 ms (IEC 61851-1 table A.5), then x1 if only the pilot
             # can tell when the fault is gone: under -12 V it never could.
@@ -390,6 +395,8 @@ class Connector:
         return (PilotOutput.STEADY, 0.0)
 
     def _desired_contactor(self, pilot: PilotOutput, now: float) -> bool:
+        if self.commissioning:
+            return False
         if self.blocking_fault is not None or self._unexpected_f_since is not None:
             return False
         if pilot is PilotOutput.STATE_F:
@@ -407,6 +414,8 @@ class Connector:
         )
 
     def _desired_status(self) -> tuple[Status, ErrorCode, str | None, str | None]:
+        if self.commissioning:
+            return (Status.UNAVAILABLE, ErrorCode.NO_ERROR, "commissioning", None)
         fault = self.blocking_fault
         if fault is not None:
             code, info = FAULT_REPORTS[fault]
@@ -558,7 +567,7 @@ class Connector:
 
     def check_contactor_feedback(self, feedback_closed: bool | None) -> None:
         """Compare the auxiliary contact with the command (called by the safety loop)."""
-        if feedback_closed is None or self._contactor is None:
+        if feedback_closed is None or self._contactor is None or self.commissioning:
             return
         now = self._clock.monotonic()
         if feedback_closed == self._contactor:
@@ -595,6 +604,7 @@ class Connector:
     def can_authorize(self) -> bool:
         return (
             self.idle
+            and not self.commissioning
             and self.held_for is None
             and self.operative
             and self.blocking_fault is None
@@ -661,6 +671,11 @@ class Connector:
         if self.scheduled_operative is not None:
             self.set_operative(self.scheduled_operative)
         return True
+
+    def forget_outputs(self) -> None:
+        """Something else drove the outputs: the next reconcile commands them all again."""
+        self._pilot = None
+        self._contactor = None
 
     def release_hold(self) -> None:
         """The owner of a cable held after a DeAuthorized stop came back: let it go."""
@@ -974,6 +989,20 @@ class Charger:
         else:
             tx.id_tag_rejected = True
         self._reconcile()
+
+    def set_commissioning(self, connector_id: int, on: bool) -> bool:
+        """Hand a connector's outputs to the bring-up code (True if done) and back. Only an
+        idle connector is handed over; on the way back every output is driven afresh."""
+        connector = self.connector(connector_id)
+        if on:
+            if not connector.idle or connector.held_for is not None:
+                return False
+            connector.commissioning = True
+        elif connector.commissioning:
+            connector.commissioning = False
+            connector.forget_outputs()
+        self._reconcile()
+        return True
 
     def restore_hold(self, connector_id: int, id_tag: str, parent_id_tag: str | None) -> None:
         self.connector(connector_id).restore_hold(id_tag, parent_id_tag)

@@ -237,11 +237,57 @@ DRIVER_SCHEMAS: Mapping[str, Mapping[str, Mapping[str, OptionSpec]]] = MappingPr
             }
         ),
         "contactor": MappingProxyType({"mock": _NO_OPTIONS}),
-        "meter": MappingProxyType({"mock": _NO_OPTIONS}),
+        "meter": MappingProxyType(
+            {
+                "mock": _NO_OPTIONS,
+                # A Modbus meter described by a register map: hardware/meters/<model>.toml, or
+                # map_file for one of the technician's own. `host` = Modbus TCP, `device` =
+                # RTU on a serial port (several meters may share one port: same device).
+                "modbus": _schema(
+                    model=OptionSpec("string", min_value=1, max_value=64),
+                    map_file=OptionSpec("string", min_value=1, max_value=4096),
+                    host=OptionSpec("string", min_value=1, max_value=253),
+                    port=OptionSpec("integer", min_value=1, max_value=65535),
+                    device=OptionSpec("string", min_value=1, max_value=4096),
+                    baudrate=OptionSpec(
+                        "integer",
+                        choices=frozenset({1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200}),
+                    ),
+                    parity=OptionSpec("string", choices=frozenset({"N", "E", "O"})),
+                    stopbits=OptionSpec("integer", choices=frozenset({1, 2})),
+                    unit_id=OptionSpec("integer", min_value=1, max_value=247),
+                    timeout_s=OptionSpec("number", min_value=0.05, max_value=10.0),
+                ),
+            }
+        ),
         "lock": MappingProxyType({"mock": _NO_OPTIONS}),
         "rcd": MappingProxyType({"mock": _NO_OPTIONS}),
         "temperature": MappingProxyType({"mock": _NO_OPTIONS}),
-        "rfid": MappingProxyType({"mock": _NO_OPTIONS}),
+        "rfid": MappingProxyType(
+            {
+                "mock": _NO_OPTIONS,
+                # id_tag_format: how the card's id becomes the idTag. "hex" (default): upper-case
+                # hex, byte 0 first (OCPP 1.6 §3.9); "hex-reversed": last byte first;
+                # "decimal": the id as an unsigned decimal number (as printed on many cards).
+                "rdm6300": _schema(
+                    device=OptionSpec("string", required=True, min_value=1, max_value=4096),
+                    baudrate=OptionSpec("integer", choices=frozenset({9600})),
+                    id_tag_format=OptionSpec(
+                        "string", choices=frozenset({"hex", "hex-reversed", "decimal"})
+                    ),
+                    repeat_s=OptionSpec("number", min_value=0.1, max_value=30.0),
+                ),
+                "pn532": _schema(
+                    device=OptionSpec("string", required=True, min_value=1, max_value=4096),
+                    baudrate=OptionSpec("integer", choices=frozenset({9600, 57600, 115200})),
+                    id_tag_format=OptionSpec(
+                        "string", choices=frozenset({"hex", "hex-reversed", "decimal"})
+                    ),
+                    repeat_s=OptionSpec("number", min_value=0.1, max_value=30.0),
+                    poll_interval_s=OptionSpec("number", min_value=0.05, max_value=5.0),
+                ),
+            }
+        ),
     }
 )
 

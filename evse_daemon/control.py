@@ -132,6 +132,22 @@ def _validate_fault(req: dict[str, Any]) -> dict[str, Any]:
     return req
 
 
+_BRINGUP_PARTS = frozenset({"pilot", "contactor", "lock", "meter", "rfid", "rcd"})
+
+
+def _validate_bringup(req: dict[str, Any]) -> dict[str, Any]:
+    if req.get("part") not in _BRINGUP_PARTS:
+        raise ControlError(f"'part' must be one of {', '.join(sorted(_BRINGUP_PARTS))}")
+    if req.get("connector") is not None:
+        req["connector"] = _require_connector(req)
+    wait_s = req.get("wait_s")
+    if wait_s is not None and (
+        not isinstance(wait_s, int | float) or isinstance(wait_s, bool) or not 0 < wait_s <= 600
+    ):
+        raise ControlError("'wait_s' must be a number of seconds between 0 and 600")
+    return req
+
+
 def _validate_nothing(req: dict[str, Any]) -> dict[str, Any]:
     return req
 
@@ -149,6 +165,7 @@ KNOWN_COMMANDS: Mapping[str, _Validator] = MappingProxyType(
         "swipe": _validate_swipe,
         "fault": _validate_fault,
         "clear": _validate_fault,
+        "bringup": _validate_bringup,
     }
 )
 

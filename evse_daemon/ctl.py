@@ -18,6 +18,9 @@ from evse_daemon.control import DEFAULT_SOCKET_PATH, ControlError, request
 
 ENV_SOCKET = "EVSE_CONTROL_SOCKET"
 _EV_STATES = ("A", "B", "C", "D", "E", "F")
+_BRINGUP_PARTS = ("pilot", "contactor", "lock", "meter", "rfid", "rcd")
+# A bring-up test takes its time (the rfid one waits for a card) beyond the usual timeout.
+_BRINGUP_EXTRA_S = 20.0
 
 
 class _CtlError(Exception):
@@ -86,6 +89,20 @@ def _build_parser() -> argparse.ArgumentParser:
             metavar="KIND",
             help="rcd, weld, pilot-short, diode, meter, lock, reader, overtemp",
         )
+    p = sub.add_parser(
+        "bringup",
+        help="commissioning: exercise one part and print what it sees (refused during sessions)",
+    )
+    p.add_argument("part", choices=_BRINGUP_PARTS, metavar="PART", help=" | ".join(_BRINGUP_PARTS))
+    p.add_argument("connector", metavar="N", type=_connector, nargs="?", default=None)
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        dest="wait_s",
+        help="rfid: how long to wait for a card (default 15)",
+    )
     return parser
 
 
@@ -126,14 +143,14 @@ def _socket_path(args: argparse.Namespace) -> str:
 
 def _request_for(args: argparse.Namespace) -> dict[str, Any]:
     req: dict[str, Any] = {"cmd": args.cmd}
-    for field in ("connector", "state", "tag", "kind"):
-        if hasattr(args, field):
+    for field in ("connector", "state", "tag", "kind", "part", "wait_s"):
+        if getattr(args, field, None) is not None:
             req[field] = getattr(args, field)
     return req
 
 
 def _print_result(cmd: str, result: Any) -> None:
-    if cmd == "status":
+    if cmd in ("status", "bringup"):
         print(json.dumps(result, indent=2))
     elif result is None or result is True or result == {} or result == "ok":
         print("ok")
@@ -157,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         path = _socket_path(args)
-        response = request(path, _request_for(args), timeout_s=args.timeout)
+        timeout_s = args.timeout
+        if args.cmd == "bringup":
+            timeout_s += _BRINGUP_EXTRA_S + (args.wait_s or 0.0)
+        response = request(path, _request_for(args), timeout_s=timeout_s)
     except (_CtlError, ControlError) as exc:
         print(f"evsectl: {exc}", file=sys.stderr)
         return 1
@@ -169,11 +189,14 @@ def main(argv: list[str] | None = None) -> int:
         text = " ".join(reason.split()) if isinstance(reason, str) else ""
         print(f"evsectl: {text or 'request refused'}", file=sys.stderr)
         return 1
+    result = response.get("result")
     try:
-        _print_result(args.cmd, response.get("result"))
+        _print_result(args.cmd, result)
     except BrokenPipeError:
         # `evsectl status | head` closing the pipe early is not an error worth a traceback.
         return 0
+    if args.cmd == "bringup" and isinstance(result, dict) and result.get("passed") is False:
+        return 3  # the test ran and found a problem (1 = it could not run)
     return 0
 
 

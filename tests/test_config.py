@@ -755,7 +755,7 @@ def test_unknown_rfid_driver() -> None:
     text = HEAD + connector() + '\n[rfid]\ndriver = "pn999"\n'
     assert (
         single_error(text)
-        == f'evse.toml:{line_of(text, "pn999")}: rfid.driver: unknown driver "pn999"; known: mock'
+        == f'evse.toml:{line_of(text, "pn999")}: rfid.driver: unknown driver "pn999"; known: mock, pn532, rdm6300'
     )
 
 
