@@ -189,3 +189,14 @@ class TemperatureSensor(Protocol):
 
     def shutdown(self) -> None:
         """Release the hardware."""
+
+
+@runtime_checkable
+class ProximitySensor(Protocol):
+    """The proximity pilot (PP) of a socket: the rating coded into the plugged cable."""
+
+    def read_cable_rating_a(self) -> float | None:
+        """The cable's current rating in amperes, or None when no cable is plugged in."""
+
+    def shutdown(self) -> None:
+        """Release the hardware."""

@@ -35,6 +35,7 @@ from .charger import (
     ConnectorSpec,
     ConnectorView,
     Fault,
+    RunRcdSelfTest,
     SetContactor,
     SetLock,
     SetPilot,
@@ -195,6 +196,9 @@ class App:
                     c.phases,
                     pwm_resolution_percent=hardware.connectors[c.id].pilot.duty_resolution_percent,
                     has_lock=hardware.connectors[c.id].lock is not None,
+                    has_rcd_self_test=bool(
+                        getattr(hardware.connectors[c.id].rcd, "has_self_test", False)
+                    ),
                 )
                 for c in config.connectors
             ],
@@ -464,6 +468,8 @@ class App:
                 )
             elif isinstance(action, SetLock):
                 self._spawn(self._drive_lock(action.connector_id, action.locked))
+            elif isinstance(action, RunRcdSelfTest):
+                self._spawn(self._rcd_self_test(action.connector_id))
             else:
                 if isinstance(action, TransactionStarted):
                     at_rest = self._at_rest[action.connector_id].current()
@@ -507,6 +513,19 @@ class App:
         if derating_changed:
             self.update_limits()
 
+    async def _rcd_self_test(self, connector_id: int) -> None:
+        rcd = self.hardware.connectors[connector_id].rcd
+        self_test = getattr(rcd, "self_test", None)
+        try:
+            passed = bool(await self_test()) if self_test is not None else True
+        except Exception:
+            log.exception("connector %d: RCD self-test could not run", connector_id)
+            passed = False
+        if not passed:
+            log.error("connector %d: RCD failed its self-test: no energy", connector_id)
+        self.charger.rcd_self_tested(connector_id, passed)
+        self._apply(self.charger.drain())
+
     async def _drive_lock(self, connector_id: int, locked: bool) -> None:
         lock = self.hardware.connectors[connector_id].lock
         if lock is None:
@@ -515,6 +534,10 @@ class App:
         self.charger.set_fault(connector_id, Fault.LOCK, not ok)
         if ok and not locked:
             self.charger.on_unlocked(connector_id)
+        elif ok:
+            self.charger.on_locked(connector_id)
+        elif locked:
+            self.charger.on_lock_failed(connector_id)
         self._apply(self.charger.drain())
 
     # --- meters ---------------------------------------------------------------------------
@@ -665,8 +688,12 @@ class App:
             if change is not None:
                 next_changes.append(change)
             tx = connector.tx
+            proximity = self.hardware.connectors[connector_id].proximity
             inputs[connector_id] = ConnectorLimits(
                 rating_a=connector.max_current_a,
+                # A socket's cable says what it can carry (PP); re-read at every update, and
+                # an update follows every plug-in (the status changes).
+                cable_a=proximity.read_cable_rating_a() if proximity is not None else None,
                 ocpp_a=ocpp_a,
                 derating_a=self._derating_a.get(connector_id),
                 charging=tx is not None and connector.ev_present,

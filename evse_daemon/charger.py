@@ -95,6 +95,7 @@ class Fault(enum.StrEnum):
     LOCK = "lock"
     OVERTEMP = "overtemp"
     READER = "reader"
+    RCD_SELF_TEST = "rcd-self-test"
 
 
 # Order matters: the first active fault names the error code reported.
@@ -107,6 +108,7 @@ FAULT_REPORTS: dict[Fault, tuple[ErrorCode, str]] = {
     Fault.OVERTEMP: (ErrorCode.HIGH_TEMPERATURE, "over temperature"),
     Fault.METER: (ErrorCode.POWER_METER_FAILURE, "energy meter not answering"),
     Fault.LOCK: (ErrorCode.CONNECTOR_LOCK_FAILURE, "cable lock failed"),
+    Fault.RCD_SELF_TEST: (ErrorCode.GROUND_FAILURE, "residual current device failed its self-test"),
 }
 
 # Faults seen only through the control pilot (or cleared only when the EV leaves): under state
@@ -114,6 +116,7 @@ FAULT_REPORTS: dict[Fault, tuple[ErrorCode, str]] = {
 PILOT_OBSERVED_FAULTS = frozenset({Fault.PILOT_SHORT, Fault.DIODE, Fault.CONTACTOR_CLOSE})
 
 VENDOR_ERROR_CODES: dict[Fault, str] = {
+    Fault.RCD_SELF_TEST: "RcdSelfTestFailed",
     Fault.PILOT_SHORT: "PilotShort",
     Fault.DIODE: "DiodeMissing",
     Fault.CONTACTOR_CLOSE: "ContactorNoClose",
@@ -178,6 +181,13 @@ class AvailabilityChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class RunRcdSelfTest:
+    """Exercise the connector's RCD through its test input; answer with rcd_self_tested."""
+
+    connector_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class CableHoldChanged:
     """A cable is now held locked for ``held_for`` (idTag, parentIdTag) after a DeAuthorized
     stop, or no longer (None). Persisted, so that a restart keeps the hold."""
@@ -202,6 +212,7 @@ Action = (
     | AvailabilityChanged
     | AuthorizationExpired
     | CableHoldChanged
+    | RunRcdSelfTest
 )
 
 
@@ -284,8 +295,16 @@ class Connector:
         settings: ChargerSettings,
         outbox: list[Action],
         next_local_id: Callable[[], int],
+        has_rcd_self_test: bool = False,
     ) -> None:
         self.connector_id = connector_id
+        self.has_rcd_self_test = has_rcd_self_test
+        # The RCD passed its self-test for the EV now connected (always True without one).
+        self.rcd_tested = not has_rcd_self_test
+        # The lock's feedback confirmed the cable locked since the last lock command: no
+        # energy is offered on a socket before that (always True without a lock).
+        self.lock_confirmed = not has_lock
+        self._locking = False  # a lock command is out, its feedback not yet in
         self.max_current_a = max_current_a
         self.phases = phases
         self.has_lock = has_lock
@@ -360,6 +379,8 @@ class Connector:
         tx = self.tx
         return (
             tx is not None
+            and self.rcd_tested
+            and self.lock_confirmed
             and self._energy_allowed(tx)
             and self.ev_present
             and self.offered_current_a >= MIN_CURRENT_A
@@ -527,6 +548,7 @@ class Connector:
         if not self.ev_present:
             self.faults.discard(Fault.DIODE)
             self.faults.discard(Fault.CONTACTOR_CLOSE)  # latched until the EV leaves
+            self.faults.discard(Fault.RCD_SELF_TEST)  # tested again for the next EV
         # The safety output first: open now, before any session event this reading causes.
         now = self._clock.monotonic()
         if self._contactor and not self._desired_contactor(self.pilot_output, now):
@@ -535,6 +557,10 @@ class Connector:
             self._on_ev_disconnected()
         elif previous is CpState.A and self.ev_present:
             self.cable_held = False
+            if self.has_rcd_self_test:
+                # Before any energy for this EV: the RCD must trip on its test input.
+                self.rcd_tested = False
+                self._outbox.append(RunRcdSelfTest(self.connector_id))
             self._on_ev_connected()
 
     def _on_ev_connected(self) -> None:
@@ -560,8 +586,17 @@ class Connector:
             if self.has_lock and self._settings.unlock_on_ev_side_disconnect:
                 self._unlock_pending = True
 
+    def on_locked(self) -> None:
+        self._locking = False
+        self.lock_confirmed = True
+        self._maybe_start_transaction()
+
+    def on_lock_failed(self) -> None:
+        self._locking = False
+
     def on_unlocked(self) -> None:
         """The lock let the cable go: a held cable can now be taken out."""
+        self.lock_confirmed = False
         self.cable_held = False
         self._set_hold(None)
 
@@ -626,6 +661,15 @@ class Connector:
             return
         if not self.operative or self.blocking_fault is not None:
             return
+        # Before the transaction, so that its first PWM offer can follow at once: the RCD
+        # must have passed its self-test for this EV, and a socket's cable must be locked
+        # (confirmed by the lock's feedback). Meanwhile the connector stays Preparing.
+        if not self.rcd_tested:
+            return  # rcd_self_tested() comes back here
+        if self.has_lock and not self.lock_confirmed:
+            if not self._locking:
+                self._lock()
+            return  # on_locked() comes back here
         self.auth = None
         self.finishing = False
         tx = Transaction(
@@ -637,8 +681,6 @@ class Connector:
             meter_start_wh=self.meter.energy_import_wh if self.meter is not None else None,
         )
         self.tx = tx
-        if self.has_lock:
-            self._lock()
         self._outbox.append(
             TransactionStarted(
                 self.connector_id, tx.local_id, tx.id_tag, tx.started_at, remote=tx.remote
@@ -647,6 +689,8 @@ class Connector:
 
     def _lock(self) -> None:
         self._unlock_pending = False
+        self.lock_confirmed = False
+        self._locking = True
         self._outbox.append(SetLock(self.connector_id, True))
 
     def stop_transaction(self, reason: StopReason, id_tag: str | None = None) -> bool:
@@ -671,6 +715,10 @@ class Connector:
         if self.scheduled_operative is not None:
             self.set_operative(self.scheduled_operative)
         return True
+
+    def resume_start(self) -> None:
+        """A condition a pending session waited for is now met."""
+        self._maybe_start_transaction()
 
     def forget_outputs(self) -> None:
         """Something else drove the outputs: the next reconcile commands them all again."""
@@ -739,6 +787,8 @@ class ConnectorSpec:
     phases: int
     pwm_resolution_percent: float = 0.0
     has_lock: bool = False
+    # The RCD has a test input: it is exercised each time an EV arrives, before any energy.
+    has_rcd_self_test: bool = False
 
 
 class CardDecision(enum.Enum):
@@ -775,6 +825,7 @@ class Charger:
                 phases=spec.phases,
                 pwm_resolution_percent=spec.pwm_resolution_percent,
                 has_lock=spec.has_lock,
+                has_rcd_self_test=spec.has_rcd_self_test,
                 clock=self.clock,
                 settings=self.settings,
                 outbox=self._outbox,
@@ -851,6 +902,15 @@ class Charger:
 
     def on_unlocked(self, connector_id: int) -> None:
         self.connector(connector_id).on_unlocked()
+        self._reconcile()
+
+    def on_locked(self, connector_id: int) -> None:
+        """The lock's feedback confirms the cable is locked: a session waiting for it starts."""
+        self.connector(connector_id).on_locked()
+        self._reconcile()
+
+    def on_lock_failed(self, connector_id: int) -> None:
+        self.connector(connector_id).on_lock_failed()
         self._reconcile()
 
     def on_meter(self, connector_id: int, reading: MeterReading) -> None:
@@ -988,6 +1048,17 @@ class Charger:
             connector.stop_transaction(StopReason.DE_AUTHORIZED)
         else:
             tx.id_tag_rejected = True
+        self._reconcile()
+
+    def rcd_self_tested(self, connector_id: int, passed: bool) -> None:
+        """The result of a RunRcdSelfTest: energy may flow, or the connector is faulted
+        until the EV leaves."""
+        connector = self.connector(connector_id)
+        if passed:
+            connector.rcd_tested = True
+            connector.resume_start()
+        else:
+            connector.faults.add(Fault.RCD_SELF_TEST)
         self._reconcile()
 
     def set_commissioning(self, connector_id: int, on: bool) -> bool:

@@ -20,8 +20,9 @@ import os
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import tomli
@@ -120,6 +121,15 @@ class SiteConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BoardConfig:
+    """The board profile (hardware/boards/<profile>.toml, or a path) and its wiring, with the
+    config's overrides applied (an ``evse_daemon.board.Board``)."""
+
+    profile: str
+    board: Any
+
+
+@dataclass(frozen=True, slots=True)
 class ControlConfig:
     socket: str = "/run/evse-daemon/control.sock"
 
@@ -167,6 +177,7 @@ class Config:
     logging: LoggingConfig
     connectors: tuple[ConnectorConfig, ...]
     site: SiteConfig = SiteConfig()
+    board: BoardConfig | None = None
 
     @property
     def is_bench(self) -> bool:
@@ -234,9 +245,16 @@ DRIVER_SCHEMAS: Mapping[str, Mapping[str, Mapping[str, OptionSpec]]] = MappingPr
                     ev_max_current_a=OptionSpec("number", min_value=6.0, max_value=80.0),
                     ev_phases=OptionSpec("integer", choices=frozenset({1, 3})),
                 ),
+                # Kernel PWM + MCP300x ADC, wired as the [board] profile says.
+                "rpi": _NO_OPTIONS,
+                # A pilot co-processor on a UART (hardware/pilot-uart-protocol.md).
+                "uart": _schema(
+                    device=OptionSpec("string", required=True, min_value=1, max_value=4096),
+                    baudrate=OptionSpec("integer", min_value=1200, max_value=1_000_000),
+                ),
             }
         ),
-        "contactor": MappingProxyType({"mock": _NO_OPTIONS}),
+        "contactor": MappingProxyType({"mock": _NO_OPTIONS, "gpio": _NO_OPTIONS}),
         "meter": MappingProxyType(
             {
                 "mock": _NO_OPTIONS,
@@ -260,9 +278,9 @@ DRIVER_SCHEMAS: Mapping[str, Mapping[str, Mapping[str, OptionSpec]]] = MappingPr
                 ),
             }
         ),
-        "lock": MappingProxyType({"mock": _NO_OPTIONS}),
-        "rcd": MappingProxyType({"mock": _NO_OPTIONS}),
-        "temperature": MappingProxyType({"mock": _NO_OPTIONS}),
+        "lock": MappingProxyType({"mock": _NO_OPTIONS, "gpio": _NO_OPTIONS}),
+        "rcd": MappingProxyType({"mock": _NO_OPTIONS, "gpio": _NO_OPTIONS}),
+        "temperature": MappingProxyType({"mock": _NO_OPTIONS, "adc": _NO_OPTIONS}),
         "rfid": MappingProxyType(
             {
                 "mock": _NO_OPTIONS,
@@ -580,6 +598,7 @@ _TOP_LEVEL_KEYS = (
     "ocpp",
     "storage",
     "site",
+    "board",
     "control",
     "rfid",
     "logging",
@@ -1138,6 +1157,94 @@ def _site(chk: _Checker, data: Mapping[str, object]) -> SiteConfig | None:
     return SiteConfig(max_current_a)
 
 
+# Parts whose real driver takes its wiring from the [board] profile.
+BOARD_DRIVERS: Mapping[str, str] = MappingProxyType(
+    {"pilot": "rpi", "contactor": "gpio", "lock": "gpio", "rcd": "gpio", "temperature": "adc"}
+)
+
+
+def _board(chk: _Checker, data: Mapping[str, object], file: str) -> BoardConfig | None:
+    table = chk.table(data, (), "board", required=False)
+    if table is None:
+        return None
+    path: KeyPath = ("board",)
+    chk.unknown_keys(table, path, ("profile", "connector"))
+    profile = chk.string(table, path, "profile", required=True)
+    if profile is None:
+        return None
+    from . import board as board_module  # the drivers' wiring classes, only when needed
+
+    overrides = {"connector": table["connector"]} if "connector" in table else {}
+    base_dir = Path(file).resolve().parent if file and not file.startswith("<") else None
+    try:
+        board = board_module.load_board(profile, overrides, base_dir=base_dir)
+    except board_module.BoardError as exc:
+        for problem in exc.problems:
+            if problem.in_override:
+                chk.error(("board", *problem.key), problem.message)
+            else:
+                key = ".".join(problem.key)
+                chk.error((*path, "profile"), f"{exc.source}: {key}: {problem.message}")
+        return None
+    return BoardConfig(profile, board)
+
+
+def _check_board_parts(
+    chk: _Checker, connectors: tuple[ConnectorConfig, ...], board: BoardConfig | None
+) -> None:
+    """Every part on a board driver needs its wiring in the profile."""
+    for index, connector in enumerate(connectors):
+        for part, driver in connector.drivers.items():
+            if BOARD_DRIVERS.get(part) != driver.driver:
+                continue
+            if board is None:
+                chk.error(
+                    ("connector", index, part, "driver"),
+                    f'driver "{driver.driver}" needs a [board] profile',
+                )
+            elif board.board.wiring(connector.id, part) is None:
+                chk.error(
+                    ("connector", index, part, "driver"),
+                    f"the board profile {board.profile!r} has no [connector.{connector.id}.{part}]",
+                )
+
+
+def _check_real_drivers(
+    chk: _Checker,
+    connectors: tuple[ConnectorConfig, ...],
+    rfid: DriverConfig | None,
+    file: str,
+) -> None:
+    """What the schemas cannot see: a meter map that does not exist or does not fit, RFID
+    options that do not go together. The factories check without opening any port."""
+    base_dir = Path(file).resolve().parent if file and not file.startswith("<") else None
+    for index, connector in enumerate(connectors):
+        if connector.meter.driver != "modbus":
+            continue
+        from drivers.modbus_meter import ModbusBuses, modbus_meter_from_options
+
+        from .hardware import MAPS_DIR
+
+        try:
+            modbus_meter_from_options(
+                connector.meter.options,
+                phases=connector.phases,
+                maps_dir=MAPS_DIR,
+                buses=ModbusBuses(),
+                base_dir=base_dir,
+            )
+        except ValueError as exc:
+            chk.error(("connector", index, "meter", "driver"), str(exc))
+    if rfid is not None and rfid.driver in ("rdm6300", "pn532"):
+        from drivers.rfid import pn532_from_options, rdm6300_from_options
+
+        factory = rdm6300_from_options if rfid.driver == "rdm6300" else pn532_from_options
+        try:
+            factory(rfid.options)
+        except ValueError as exc:
+            chk.error(("rfid", "driver"), str(exc))
+
+
 def _control(chk: _Checker, data: Mapping[str, object]) -> ControlConfig | None:
     table = chk.table(data, (), "control", required=False)
     if table is None:
@@ -1286,10 +1393,16 @@ def _build(chk: _Checker, data: Mapping[str, object], file: str) -> Config | Non
     ocpp = _ocpp(chk, data, count)
     storage = _storage(chk, data)
     site = _site(chk, data)
+    board = _board(chk, data, file)
     control = _control(chk, data)
     rfid = _driver(chk, data, (), "rfid", required=False)
     logging = _logging(chk, data)
     connectors = _connectors(chk, data)
+    # (A [board] that failed to load has said so already: no second error per part.)
+    if connectors is not None and (board is not None or "board" not in data):
+        _check_board_parts(chk, connectors, board)
+    if connectors is not None and not chk.errors:
+        _check_real_drivers(chk, connectors, rfid, file)
     if (
         chk.errors
         or station is None
@@ -1310,6 +1423,7 @@ def _build(chk: _Checker, data: Mapping[str, object], file: str) -> Config | Non
         rfid=rfid,
         logging=logging,
         site=site,
+        board=board,
         connectors=connectors,
     )
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from drivers.mock import MockCardReader, MockConnectorHardware
 from drivers.protocols import (
@@ -13,11 +16,15 @@ from drivers.protocols import (
     EnergyMeter,
     LockDriver,
     PilotDriver,
+    ProximitySensor,
     ResidualCurrentMonitor,
     TemperatureSensor,
 )
 
 from .config import Config, ConnectorConfig, DriverConfig
+
+if TYPE_CHECKING:
+    from drivers.modbus_meter import ModbusBuses
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +37,8 @@ class ConnectorHardware:
     lock: LockDriver | None = None
     rcd: ResidualCurrentMonitor | None = None
     temperature: TemperatureSensor | None = None
+    # The cable's rating from the proximity pilot (a socket; None: none wired).
+    proximity: ProximitySensor | None = None
     # The simulation behind mock drivers, for bench commands; None on real hardware.
     bench: MockConnectorHardware | None = None
     drivers: dict[str, str] = field(default_factory=dict)
@@ -40,6 +49,7 @@ class Hardware:
     connectors: dict[int, ConnectorHardware]
     reader: CardReader | None = None
     bench_reader: MockCardReader | None = None
+    buses: Any = None  # drivers.modbus_meter.ModbusBuses when a Modbus meter is configured
 
     def safe_state(self) -> None:
         """Contactors open, pilots in state F: what the charger must be in whenever the
@@ -57,7 +67,7 @@ class Hardware:
     async def shutdown(self) -> None:
         self.safe_state()
         for hw in self.connectors.values():
-            for sync_part in (hw.contactor, hw.pilot, hw.rcd, hw.temperature):
+            for sync_part in (hw.contactor, hw.pilot, hw.rcd, hw.temperature, hw.proximity):
                 if sync_part is not None:
                     with contextlib.suppress(Exception):
                         sync_part.shutdown()
@@ -68,10 +78,16 @@ class Hardware:
         if self.reader is not None:
             with contextlib.suppress(Exception):
                 await self.reader.shutdown()
+        if self.buses is not None:
+            with contextlib.suppress(Exception):
+                await self.buses.close()
 
 
 class UnsupportedDriver(Exception):
-    pass
+    """A driver the config names cannot be built here (wrong wiring, a port that is missing)."""
+
+
+MAPS_DIR = Path(__file__).resolve().parent.parent / "hardware" / "meters"
 
 
 def _option_float(part: DriverConfig, name: str, default: float) -> float:
@@ -84,15 +100,15 @@ def _option_int(part: DriverConfig, name: str) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def _build_connector(config: Config, connector: ConnectorConfig) -> ConnectorHardware:
-    parts = connector.drivers
-    drivers = {name: part.driver for name, part in parts.items()}
-    if any(part.driver != "mock" for part in parts.values()):
-        # Real drivers arrive with the hardware issue; the config check already refuses
-        # unknown driver names, so this only guards against a half-mock connector.
-        raise UnsupportedDriver(
-            f"connector {connector.id}: only mock drivers are available in this build"
-        )
+@dataclass(frozen=True)
+class HostAccess:
+    """Where the real drivers find the host's hardware; tests point these at stand-ins."""
+
+    pin_factory: Any = None  # gpiozero's: None = its default (lgpio on Raspberry Pi OS)
+    sysfs_pwm_root: str | None = None  # None = /sys/class/pwm
+
+
+def _mock_connector(config: Config, connector: ConnectorConfig) -> ConnectorHardware:
     sim = MockConnectorHardware(
         connector.id,
         state_dir=config.storage.state_dir,
@@ -114,20 +130,157 @@ def _build_connector(config: Config, connector: ConnectorConfig) -> ConnectorHar
         rcd=sim.rcd,
         temperature=sim.temperature,
         bench=sim,
-        drivers=drivers,
+        drivers={name: part.driver for name, part in connector.drivers.items()},
     )
 
 
-def build_hardware(config: Config) -> Hardware:
-    """Drivers for every part the config names, left in the safe state."""
-    connectors = {c.id: _build_connector(config, c) for c in config.connectors}
-    reader: CardReader | None = None
-    bench_reader: MockCardReader | None = None
-    if config.rfid is not None:
-        if config.rfid.driver != "mock":
-            raise UnsupportedDriver("rfid: only the mock reader is available in this build")
-        bench_reader = MockCardReader()
-        reader = bench_reader
-    hardware = Hardware(connectors, reader, bench_reader)
+class _Builder:
+    """Builds real drivers part by part; what it built is closed again if a later part fails."""
+
+    def __init__(self, config: Config, access: HostAccess) -> None:
+        self.config = config
+        self.access = access
+        self.buses: ModbusBuses | None = None
+        self.built: list[Any] = []
+
+    def wiring(self, connector: ConnectorConfig, part: str) -> Any:
+        board = self.config.board
+        wiring = board.board.wiring(connector.id, part) if board is not None else None
+        if wiring is None:  # check-config refuses this; kept for configs built in code
+            raise UnsupportedDriver(f"connector {connector.id}: no board wiring for {part}")
+        return wiring
+
+    def _keep(self, driver: Any) -> Any:
+        self.built.append(driver)
+        return driver
+
+    def pilot(self, connector: ConnectorConfig, sim: MockConnectorHardware | None) -> PilotDriver:
+        part = connector.pilot
+        if part.driver == "mock":
+            assert sim is not None
+            return sim.pilot
+        if part.driver == "uart":
+            from drivers.pilot_uart import uart_pilot_from_options
+
+            return cast(PilotDriver, self._keep(uart_pilot_from_options(part.options)))
+        from drivers.rpi import SysfsAdcPilot
+        from drivers.sysfs_pwm import DEFAULT_SYSFS_PWM_ROOT
+
+        return cast(
+            PilotDriver,
+            self._keep(
+                SysfsAdcPilot(
+                    self.wiring(connector, "pilot"),
+                    pin_factory=self.access.pin_factory,
+                    sysfs_root=self.access.sysfs_pwm_root or DEFAULT_SYSFS_PWM_ROOT,
+                )
+            ),
+        )
+
+    def meter(self, connector: ConnectorConfig, sim: MockConnectorHardware | None) -> EnergyMeter:
+        part = connector.meter
+        if part.driver == "mock":
+            assert sim is not None
+            return sim.meter
+        from drivers.modbus_meter import ModbusBuses, modbus_meter_from_options
+
+        if self.buses is None:
+            self.buses = ModbusBuses()
+        base_dir = Path(self.config.path).resolve().parent if self.config.path else None
+        return modbus_meter_from_options(
+            part.options,
+            phases=connector.phases,
+            maps_dir=MAPS_DIR,
+            buses=self.buses,
+            base_dir=base_dir,
+        )
+
+    def gpio_part(self, connector: ConnectorConfig, part: str) -> Any:
+        from drivers import rpi
+
+        classes = {
+            "contactor": rpi.GpioContactor,
+            "lock": rpi.GpioLock,
+            "rcd": rpi.GpioRcd,
+            "temperature": rpi.AdcTemperature,
+            "proximity": rpi.ProximityPilot,
+        }
+        return self._keep(
+            classes[part](self.wiring(connector, part), pin_factory=self.access.pin_factory)
+        )
+
+    def connector(self, connector: ConnectorConfig) -> ConnectorHardware:
+        parts = connector.drivers
+        drivers = {name: part.driver for name, part in parts.items()}
+        if all(part.driver == "mock" for part in parts.values()):
+            return _mock_connector(self.config, connector)
+        # A mixed connector (e.g. a real meter on the bench) keeps the simulation for the
+        # parts still mocked; bench commands stay refused because not all parts are mocks.
+        sim = None
+        if any(part.driver == "mock" for part in parts.values()):
+            sim = MockConnectorHardware(
+                connector.id,
+                state_dir=self.config.storage.state_dir,
+                phases=connector.phases,
+                nominal_voltage_v=self.config.station.nominal_voltage_v,
+                has_lock=connector.lock is not None,
+            )
+
+        def part_or_mock(name: str, mock_part: Any) -> Any:
+            driver = parts.get(name)
+            if driver is None:
+                return None
+            if driver.driver == "mock":
+                return mock_part
+            return self.gpio_part(connector, name)
+
+        board = self.config.board
+        proximity = None
+        if board is not None and board.board.wiring(connector.id, "proximity") is not None:
+            proximity = self.gpio_part(connector, "proximity")
+        return ConnectorHardware(
+            pilot=self.pilot(connector, sim),
+            contactor=part_or_mock("contactor", sim.contactor if sim else None),
+            meter=self.meter(connector, sim),
+            lock=part_or_mock("lock", sim.lock if sim else None),
+            rcd=part_or_mock("rcd", sim.rcd if sim else None),
+            temperature=part_or_mock("temperature", sim.temperature if sim else None),
+            proximity=proximity,
+            bench=None,
+            drivers=drivers,
+        )
+
+    def reader(self) -> tuple[CardReader | None, MockCardReader | None]:
+        rfid = self.config.rfid
+        if rfid is None:
+            return None, None
+        if rfid.driver == "mock":
+            bench_reader = MockCardReader()
+            return bench_reader, bench_reader
+        from drivers.rfid import pn532_from_options, rdm6300_from_options
+
+        factory = rdm6300_from_options if rfid.driver == "rdm6300" else pn532_from_options
+        return factory(rfid.options), None
+
+    def close_built(self) -> None:
+        """Release what was built before a later part failed (the sync parts; async ones
+        hold no thread or pin until first used)."""
+        for driver in reversed(self.built):
+            if not asyncio.iscoroutinefunction(driver.shutdown):
+                with contextlib.suppress(Exception):
+                    driver.shutdown()
+
+
+def build_hardware(config: Config, access: HostAccess | None = None) -> Hardware:
+    """Drivers for every part the config names, left in the safe state. Raises
+    UnsupportedDriver with the part named when one cannot be built."""
+    builder = _Builder(config, access or HostAccess())
+    try:
+        connectors = {c.id: builder.connector(c) for c in config.connectors}
+        reader, bench_reader = builder.reader()
+    except (ValueError, OSError) as exc:
+        builder.close_built()
+        raise UnsupportedDriver(str(exc)) from exc
+    hardware = Hardware(connectors, reader, bench_reader, buses=builder.buses)
     hardware.safe_state()
     return hardware

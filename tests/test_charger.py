@@ -26,6 +26,7 @@ from evse_daemon.charger import (
     ConnectorSpec,
     ErrorCode,
     Fault,
+    RunRcdSelfTest,
     SetContactor,
     SetLock,
     SetPilot,
@@ -85,8 +86,13 @@ def start_charging(charger: Charger, cid: int = 1, tag: str = "TAG1") -> int:
     charger.on_pilot(cid, B)
     assert charger.on_card(tag) is CardDecision.AUTHORIZE
     assert charger.on_authorized(tag, True) == cid
-    charger.on_pilot(cid, C)
     actions = charger.drain()
+    if SetLock(cid, True) in actions:
+        # A socket: no energy before the lock's feedback confirms the cable is locked.
+        assert pwm(actions, cid) == []
+        charger.on_locked(cid)
+    charger.on_pilot(cid, C)
+    actions += charger.drain()
     started = [a for a in actions if isinstance(a, TransactionStarted)]
     assert len(started) == 1
     assert SetContactor(cid, True) in actions
@@ -316,8 +322,11 @@ def test_unplug_stops_the_transaction_and_waits_for_the_lock() -> None:
     charger.on_authorized("TAG", True)
     actions = charger.drain()
     assert SetLock(1, True) in actions
+    assert pwm(actions) == []  # nothing offered before the lock confirms
+    charger.on_locked(1)
+    assert pwm(charger.drain()) == [pytest.approx(DUTY_32A)]
     charger.on_pilot(1, C)
-    charger.drain()
+    assert SetContactor(1, True) in charger.drain()
 
     charger.on_pilot(1, A)
     actions = charger.drain()
@@ -364,6 +373,9 @@ def test_unplug_keeps_the_transaction_when_configured() -> None:
     actions = charger.drain()
     assert not any(isinstance(a, TransactionStarted | TransactionStopped) for a in actions)
     assert actions[0] == SetLock(1, True)
+    assert pwm(actions) == []  # not before the lock confirms
+    charger.on_locked(1)
+    actions = charger.drain()
     assert pwm(actions) == [pytest.approx(DUTY_32A)]
     assert statuses(actions) == [Status.SUSPENDED_EV]
     charger.on_pilot(1, C)
@@ -778,7 +790,10 @@ def test_deauthorized_stop_keeps_the_cable_locked_until_the_owner_returns() -> N
     charger, _ = make(ConnectorSpec(1, 32, 3, has_lock=True), stop_tx_on_invalid_id=True)
     charger.on_pilot(1, B)
     charger.on_authorized("OWNER", True)
-    assert SetLock(1, True) in charger.drain()
+    assert SetLock(1, True) in charger.drain()  # locked before the transaction starts
+    assert charger.transaction_on(1) is None
+    charger.on_locked(1)
+    assert charger.transaction_on(1) is not None
     charger.transaction_rejected(1, local_id=1)
     actions = charger.drain()
     assert TransactionStopped(1, 1, StopReason.DE_AUTHORIZED, T0, None) in actions
@@ -797,6 +812,7 @@ def test_deauthorized_hold_is_released_by_a_card_with_the_same_parent() -> None:
     charger, _ = make(ConnectorSpec(1, 32, 3, has_lock=True), stop_tx_on_invalid_id=True)
     charger.on_pilot(1, B)
     charger.on_authorized("OWNER", True, "PARENT")
+    charger.on_locked(1)
     charger.transaction_rejected(1, local_id=1)
     charger.drain()
     assert charger.on_card("SIBLING") is CardDecision.AUTHORIZE
@@ -1214,3 +1230,44 @@ def test_safety_invariants_hold_for_any_input_sequence(
     )
     for step in script:
         run_step(bench, step)
+
+
+# ---------------------------------------------------------------------------------------
+# RCD self-test before each EV
+
+
+def test_the_rcd_is_tested_when_an_ev_arrives_before_any_energy() -> None:
+    charger, _ = make(ConnectorSpec(1, 32, 3, has_rcd_self_test=True))
+    charger.on_pilot(1, B)
+    assert RunRcdSelfTest(1) in charger.drain()
+    assert charger.on_card("T") is CardDecision.AUTHORIZE
+    charger.on_authorized("T", True)
+    actions = charger.drain()
+    assert not any(isinstance(a, TransactionStarted) for a in actions)  # waits for the test
+    assert charger.connector(1).status is Status.PREPARING
+    charger.rcd_self_tested(1, True)
+    actions = charger.drain()
+    assert any(isinstance(a, TransactionStarted) for a in actions)
+    assert pwm(actions) == [pytest.approx(DUTY_32A)]
+    assert statuses(actions) == [Status.SUSPENDED_EV]  # offered; the EV has not asked yet
+
+
+def test_a_failed_rcd_self_test_faults_the_connector_until_the_ev_leaves() -> None:
+    charger, _ = make(ConnectorSpec(1, 32, 3, has_rcd_self_test=True))
+    charger.on_pilot(1, B)
+    charger.drain()
+    charger.rcd_self_tested(1, False)
+    actions = charger.drain()
+    assert statuses(actions) == [Status.FAULTED]
+    faulted = next(a for a in actions if isinstance(a, StatusChanged))
+    assert faulted.error_code is ErrorCode.GROUND_FAILURE
+    assert charger.on_card("T") is CardDecision.IGNORED  # no session on a failed RCD
+    charger.on_pilot(1, A)
+    assert Fault.RCD_SELF_TEST not in charger.connector(1).faults
+    charger.on_pilot(1, B)  # the next EV: tested again
+    assert RunRcdSelfTest(1) in charger.drain()
+
+
+def test_without_a_test_input_nothing_waits_for_a_self_test() -> None:
+    charger, _ = make()
+    start_charging(charger)  # asserts the contactor closes

@@ -393,7 +393,7 @@ def test_unknown_driver_inside_an_inline_table_of_the_second_connector() -> None
     )
     assert single_error(text) == (
         f"evse.toml:{line_of(text, 'mokc')}: connector[1].pilot.driver: "
-        'unknown driver "mokc"; known: mock'
+        'unknown driver "mokc"; known: mock, rpi, uart'
     )
     assert line_of(text, "mokc") == 20
 
@@ -457,7 +457,7 @@ def test_dotted_keys_are_located() -> None:
     text = HEAD + connector().replace('pilot = { driver = "mock" }', 'pilot.driver = "nope"')
     assert single_error(text) == (
         f"evse.toml:{line_of(text, 'nope')}: connector[0].pilot.driver: "
-        'unknown driver "nope"; known: mock'
+        'unknown driver "nope"; known: mock, rpi, uart'
     )
 
 
@@ -609,7 +609,7 @@ def test_every_error_is_reported_at_once_in_line_order() -> None:
         'evse.toml:16: logging.level: must be "DEBUG", "ERROR", "INFO" or "WARNING", got "verbose"',
         "evse.toml:20: connector[0].max_current_a: must be between 6 and 80, got 100",
         "evse.toml:21: connector[0].phases: must be 1 or 3, got 2",
-        'evse.toml:22: connector[0].pilot.driver: unknown driver "mokc"; known: mock',
+        'evse.toml:22: connector[0].pilot.driver: unknown driver "mokc"; known: mock, rpi, uart',
         "evse.toml:24: connector[0].meter.port: unknown key",
         "evse.toml:27: connector[1].id: duplicate connector id 1, first at line 19",
     ]
@@ -755,7 +755,8 @@ def test_unknown_rfid_driver() -> None:
     text = HEAD + connector() + '\n[rfid]\ndriver = "pn999"\n'
     assert (
         single_error(text)
-        == f'evse.toml:{line_of(text, "pn999")}: rfid.driver: unknown driver "pn999"; known: mock, pn532, rdm6300'
+        == f'evse.toml:{line_of(text, "pn999")}: rfid.driver: unknown driver "pn999"; '
+        "known: mock, pn532, rdm6300"
     )
 
 
@@ -1016,3 +1017,102 @@ def test_a_truncated_file_gives_errors_not_crashes(cut: int) -> None:
     except ConfigInvalid as exc:
         assert exc.errors
         assert all(1 <= e.line <= DESIGN_EXAMPLE.count("\n") + 1 for e in exc.errors)
+
+
+# --- [board] profiles
+
+BOARD_CONNECTOR = """\
+[[connector]]
+id = 1
+max_current_a = 32
+phases = 3
+pilot = { driver = "rpi" }
+contactor = { driver = "gpio" }
+meter = { driver = "mock" }
+lock = { driver = "gpio" }
+rcd = { driver = "gpio" }
+"""
+
+
+def test_board_profile_gives_the_wiring_and_the_config_overrides_single_values() -> None:
+    text = (
+        HEAD
+        + '[board]\nprofile = "pi-evse-reference"\n'
+        + "[board.connector.1.contactor]\nrelay_gpio = 17\n"
+        + BOARD_CONNECTOR
+    )
+    config = parse_config(text)
+    assert config.board is not None
+    contactor = config.board.board.wiring(1, "contactor")
+    assert contactor.relay_gpio == 17  # overridden
+    assert contactor.feedback_gpio == 23  # from the profile
+    assert config.board.board.wiring(1, "pilot").pwm_chip == 0
+
+
+def test_board_override_errors_name_their_line_and_profile_errors_the_profile() -> None:
+    text = (
+        HEAD
+        + '[board]\nprofile = "pi-evse-reference"\n'
+        + '[board.connector.1.contactor]\nrelay_gpio = "GPIO17"\nrelay_gpoi = 3\n'
+        + BOARD_CONNECTOR
+    )
+    assert errors_of(text) == [
+        f"evse.toml:{line_of(text, 'relay_gpio =')}: board.connector.1.contactor.relay_gpio: "
+        "must be an integer, got 'GPIO17'",
+        f"evse.toml:{line_of(text, 'relay_gpoi')}: board.connector.1.contactor.relay_gpoi: "
+        "unknown key",
+    ]
+    missing = HEAD + '[board]\nprofile = "no-such-board"\n' + BOARD_CONNECTOR
+    (error,) = errors_of(missing)
+    assert error.startswith(f"evse.toml:{line_of(missing, 'profile =')}: board.profile: ")
+    assert "no-such-board.toml" in error
+
+
+def test_board_drivers_need_a_profile_that_wires_them() -> None:
+    text = HEAD + BOARD_CONNECTOR
+    errors = errors_of(text)
+    assert errors[0] == (
+        f"evse.toml:{line_of(text, 'pilot =')}: connector[0].pilot.driver: "
+        'driver "rpi" needs a [board] profile'
+    )
+    assert len(errors) == 4  # pilot, contactor, lock, rcd
+    two = (
+        HEAD
+        + '[board]\nprofile = "pi-evse-reference"\n'
+        + BOARD_CONNECTOR
+        + BOARD_CONNECTOR.replace("id = 1", "id = 2")
+    )
+    assert any("has no [connector.2.pilot]" in e for e in errors_of(two))
+
+
+def test_the_reference_board_config_is_valid() -> None:
+    path = Path(__file__).resolve().parent.parent / "hardware/boards/pi-evse-reference.evse.toml"
+    config = load_config(path)
+    assert config.board is not None and config.board.profile == "pi-evse-reference"
+    assert not config.is_bench
+    (connector,) = config.connectors
+    assert {part: d.driver for part, d in connector.drivers.items()} == {
+        "pilot": "rpi",
+        "contactor": "gpio",
+        "meter": "modbus",
+        "lock": "gpio",
+        "rcd": "gpio",
+        "temperature": "adc",
+    }
+    assert config.board.board.wiring(1, "rcd").test_gpio == 25
+    assert config.rfid is not None and config.rfid.driver == "pn532"
+
+
+def test_a_meter_map_that_does_not_exist_is_a_config_error() -> None:
+    text = HEAD + connector().replace(
+        'meter = { driver = "mock" }',
+        'meter = { driver = "modbus", model = "eastron-sdm999", host = "10.0.0.5" }',
+    )
+    (error,) = errors_of(text)
+    assert error.startswith(f"evse.toml:{line_of(text, 'sdm999')}: connector[0].meter.driver: ")
+    assert "eastron-sdm999" in error
+
+
+def test_rfid_options_are_checked_by_the_reader() -> None:
+    text = HEAD + connector() + '[rfid]\ndriver = "rdm6300"\ndevice = "/dev/serial0"\n'
+    assert parse_config(text).rfid is not None

@@ -1,0 +1,196 @@
+"""Proximity pilot (PP resistor bands) and the analog temperature sensor, on the emulated
+MCP3008; and the pilot sharing that ADC with them."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gpiozero.pins.mock import MockFactory  # type: ignore[import-untyped]
+
+from drivers.protocols import CpState, PilotReading, ProximitySensor, TemperatureSensor
+from drivers.rpi import (
+    PP_BANDS,
+    AdcTemperature,
+    PilotWiring,
+    ProximityPilot,
+    ProximityWiring,
+    SysfsAdcPilot,
+    TemperatureWiring,
+    cable_rating_for_resistance,
+)
+from tests.drivers.rpi_fakes import (
+    CpWire,
+    EmulatedMcp3008,
+    cp_to_adc_volts,
+    make_pwm_tree,
+    mock_gpio_factory,
+)
+
+
+@pytest.fixture
+def gpio_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[MockFactory]:
+    yield from mock_gpio_factory(monkeypatch)
+
+
+# ------------------------------------------------------------------- PP bands
+
+
+@pytest.mark.parametrize(
+    ("ohm", "amps"),
+    [(1500.0, 13.0), (680.0, 20.0), (220.0, 32.0), (100.0, 63.0)],
+)
+def test_nominal_resistors(ohm: float, amps: float) -> None:
+    assert cable_rating_for_resistance(ohm) == amps
+
+
+@pytest.mark.parametrize(
+    ("ohm", "amps"),
+    [
+        # Within ±10 % of nominal (resistor, pull-up and ADC tolerances together).
+        (1350.0, 13.0),
+        (1650.0, 13.0),
+        (612.0, 20.0),
+        (748.0, 20.0),
+        (198.0, 32.0),
+        (242.0, 32.0),
+        (90.0, 63.0),
+        (110.0, 63.0),
+        # Band edges: lower bound inclusive.
+        (2199.0, 13.0),
+        (1000.0, 13.0),
+        (999.0, 20.0),
+        (330.0, 20.0),
+        (329.0, 32.0),
+        (150.0, 32.0),
+        (149.0, 63.0),
+        (75.0, 63.0),
+    ],
+)
+def test_bands(ohm: float, amps: float) -> None:
+    assert cable_rating_for_resistance(ohm) == amps
+
+
+@pytest.mark.parametrize("ohm", [math.inf, 1e6, 2200.0, 74.9, 0.0])
+def test_no_cable_or_invalid_coding(ohm: float) -> None:
+    assert cable_rating_for_resistance(ohm) is None
+
+
+def test_bands_are_contiguous_and_ordered() -> None:
+    for (_, high, _), (low, _, _) in itertools.pairwise(PP_BANDS):
+        assert high == low
+    ratings = [rating for _, _, rating in PP_BANDS]
+    assert ratings == sorted(ratings, reverse=True)  # less resistance, thicker cable
+
+
+# ------------------------------------------------------ PP through the ADC
+
+
+def pp_volts(ohm: float, wiring: ProximityWiring) -> float:
+    if math.isinf(ohm):
+        return wiring.pullup_supply_v
+    return wiring.pullup_supply_v * ohm / (ohm + wiring.pullup_ohm) / wiring.adc_scale
+
+
+@pytest.mark.parametrize(
+    ("ohm", "amps"),
+    [(1500.0, 13.0), (680.0, 20.0), (220.0, 32.0), (100.0, 63.0), (math.inf, None)],
+)
+def test_proximity_pilot_reads_the_cable(
+    gpio_factory: MockFactory, ohm: float, amps: float | None
+) -> None:
+    wiring = ProximityWiring(adc_channel=1)
+    adc = EmulatedMcp3008(gpio_factory, lambda ch: pp_volts(ohm, wiring) if ch == 1 else 0.0)
+    pp = ProximityPilot(wiring, pin_factory=gpio_factory)
+    try:
+        assert isinstance(pp, ProximitySensor)
+        assert pp.read_cable_rating_a() == amps
+        if not math.isinf(ohm):
+            assert pp.read_resistance_ohm() == pytest.approx(ohm, rel=0.05)
+        start = time.perf_counter()
+        pp.read_cable_rating_a()
+        # A few conversions: well under 1 ms with hardware SPI; bit-banged mock SPI is slower.
+        assert time.perf_counter() - start < 0.05
+    finally:
+        pp.shutdown()
+        adc.close()
+
+
+def test_proximity_with_5v_pullup_and_divider(gpio_factory: MockFactory) -> None:
+    # PP pulled up to 5 V, a 1:2 divider to the 3.3 V ADC.
+    wiring = ProximityWiring(pullup_supply_v=5.0, pullup_ohm=2700.0, adc_scale=2.0)
+    adc = EmulatedMcp3008(gpio_factory, lambda ch: pp_volts(220.0, wiring) if ch == 1 else 0.0)
+    pp = ProximityPilot(wiring, pin_factory=gpio_factory)
+    try:
+        assert pp.read_cable_rating_a() == 32.0
+    finally:
+        pp.shutdown()
+        adc.close()
+
+
+# --------------------------------------------------------------- temperature
+
+
+def test_lm35(gpio_factory: MockFactory) -> None:
+    adc = EmulatedMcp3008(gpio_factory, lambda ch: 0.412 if ch == 2 else 0.0)
+    sensor = AdcTemperature(TemperatureWiring(), pin_factory=gpio_factory)
+    try:
+        assert isinstance(sensor, TemperatureSensor)
+        assert sensor.read_c() == pytest.approx(41.2, abs=0.4)  # one LSB = 0.32 °C
+    finally:
+        sensor.shutdown()
+        adc.close()
+
+
+def test_tmp36(gpio_factory: MockFactory) -> None:
+    adc = EmulatedMcp3008(gpio_factory, lambda ch: 0.75 if ch == 3 else 0.0)
+    wiring = TemperatureWiring(adc_channel=3, c_per_v=100.0, offset_c=-50.0)
+    sensor = AdcTemperature(wiring, pin_factory=gpio_factory)
+    try:
+        assert sensor.read_c() == pytest.approx(25.0, abs=0.4)
+    finally:
+        sensor.shutdown()
+        adc.close()
+
+
+# ------------------------------------------------------- one ADC, three users
+
+
+def test_pilot_pp_and_temperature_share_one_adc(tmp_path: Path, gpio_factory: MockFactory) -> None:
+    pilot_wiring = PilotWiring(samples_per_burst=20, burst_interval_s=0.001, settle_s=0.001)
+    pp_wiring = ProximityWiring(adc_channel=1)
+    wire = CpWire(make_pwm_tree(tmp_path, exported={0: {}}) / "pwm0")
+    wire.ev = CpState.C
+
+    def source(channel: int) -> float:
+        if channel == 0:
+            return cp_to_adc_volts(wire.sample(), pilot_wiring)
+        if channel == 1:
+            return pp_volts(680.0, pp_wiring)
+        return 0.35  # 35 °C on an LM35
+
+    adc = EmulatedMcp3008(gpio_factory, source)
+    pilot = SysfsAdcPilot(pilot_wiring, pin_factory=gpio_factory, sysfs_root=tmp_path)
+    pp = ProximityPilot(pp_wiring, pin_factory=gpio_factory)
+    temperature = AdcTemperature(TemperatureWiring(), pin_factory=gpio_factory)
+    try:
+        pilot.set_pwm(33.0)
+        deadline = time.monotonic() + 3.0
+        # The sampler thread hammers the SPI bus meanwhile: every answer must stay right.
+        while pilot.read() != PilotReading(CpState.C):
+            assert pp.read_cable_rating_a() == 20.0
+            assert temperature.read_c() == pytest.approx(35.0, abs=0.4)
+            assert time.monotonic() < deadline
+        for _ in range(20):
+            assert pp.read_cable_rating_a() == 20.0
+            assert temperature.read_c() == pytest.approx(35.0, abs=0.4)
+        assert pilot.read() == PilotReading(CpState.C)
+    finally:
+        pilot.shutdown()
+        pp.shutdown()
+        temperature.shutdown()
+        adc.close()
