@@ -113,7 +113,9 @@ FAULT_REPORTS: dict[Fault, tuple[ErrorCode, str]] = {
 
 # Faults seen only through the control pilot (or cleared only when the EV leaves): under state
 # F the CP reads -12 V whatever the EV does, so these need the pilot back at x1 to clear.
-PILOT_OBSERVED_FAULTS = frozenset({Fault.PILOT_SHORT, Fault.DIODE, Fault.CONTACTOR_CLOSE})
+PILOT_OBSERVED_FAULTS = frozenset(
+    {Fault.PILOT_SHORT, Fault.DIODE, Fault.CONTACTOR_CLOSE, Fault.RCD_SELF_TEST}
+)
 
 VENDOR_ERROR_CODES: dict[Fault, str] = {
     Fault.RCD_SELF_TEST: "RcdSelfTestFailed",
@@ -305,6 +307,7 @@ class Connector:
         # energy is offered on a socket before that (always True without a lock).
         self.lock_confirmed = not has_lock
         self._locking = False  # a lock command is out, its feedback not yet in
+        self._feedback: bool | None = None  # the contactor's auxiliary contact, last read
         self.max_current_a = max_current_a
         self.phases = phases
         self.has_lock = has_lock
@@ -487,7 +490,9 @@ class Connector:
             self._outbox.append(SetPilot(self.connector_id, pilot[0], pilot[1]))
         if closed and self._contactor is not True:
             self._set_contactor(True, now)
-        if self._unlock_pending and self._contactor is False:
+        # Unlock only once the auxiliary contact (where there is one) says the contacts are
+        # open: a welded contactor must not leave a live socket unlocked.
+        if self._unlock_pending and self._contactor is False and self._feedback is not True:
             self._unlock_pending = False
             self._outbox.append(SetLock(self.connector_id, False))
         status = self._desired_status()
@@ -602,6 +607,7 @@ class Connector:
 
     def check_contactor_feedback(self, feedback_closed: bool | None) -> None:
         """Compare the auxiliary contact with the command (called by the safety loop)."""
+        self._feedback = feedback_closed
         if feedback_closed is None or self._contactor is None or self.commissioning:
             return
         now = self._clock.monotonic()

@@ -1253,7 +1253,7 @@ def test_the_rcd_is_tested_when_an_ev_arrives_before_any_energy() -> None:
 
 
 def test_a_failed_rcd_self_test_faults_the_connector_until_the_ev_leaves() -> None:
-    charger, _ = make(ConnectorSpec(1, 32, 3, has_rcd_self_test=True))
+    charger, clock = make(ConnectorSpec(1, 32, 3, has_rcd_self_test=True))
     charger.on_pilot(1, B)
     charger.drain()
     charger.rcd_self_tested(1, False)
@@ -1262,6 +1262,10 @@ def test_a_failed_rcd_self_test_faults_the_connector_until_the_ev_leaves() -> No
     faulted = next(a for a in actions if isinstance(a, StatusChanged))
     assert faulted.error_code is ErrorCode.GROUND_FAILURE
     assert charger.on_card("T") is CardDecision.IGNORED  # no session on a failed RCD
+    # State F for 300 ms, then x1: only under +12 V can the EV be seen leaving.
+    clock.advance(0.31)
+    charger.tick()
+    assert SetPilot(1, PilotOutput.STEADY, 0.0) in charger.drain()
     charger.on_pilot(1, A)
     assert Fault.RCD_SELF_TEST not in charger.connector(1).faults
     charger.on_pilot(1, B)  # the next EV: tested again
@@ -1271,3 +1275,18 @@ def test_a_failed_rcd_self_test_faults_the_connector_until_the_ev_leaves() -> No
 def test_without_a_test_input_nothing_waits_for_a_self_test() -> None:
     charger, _ = make()
     start_charging(charger)  # asserts the contactor closes
+
+
+def test_the_cable_is_not_unlocked_while_the_contacts_still_read_closed() -> None:
+    charger, _ = make(ConnectorSpec(1, 32, 3, has_lock=True))
+    start_charging(charger)
+    charger.check_contactor_feedback(1, True)  # the aux contact: closed, as commanded
+    charger.drain()
+    charger.on_pilot(1, A)  # unplugged at the car: the contactor is commanded open
+    actions = charger.drain()
+    assert actions[0] == SetContactor(1, False)
+    assert SetLock(1, False) not in actions  # the contacts have not been seen open yet
+    charger.check_contactor_feedback(1, True)  # still closed: maybe welded
+    assert SetLock(1, False) not in charger.drain()
+    charger.check_contactor_feedback(1, False)  # open: now the socket may let go
+    assert SetLock(1, False) in charger.drain()

@@ -1211,8 +1211,10 @@ class OcppAdapter16:
         timestamp: datetime | None = None,
     ) -> None:
         view = self.port.view(connector_id)
-        if view.meter is None or not measurands:
-            return  # no reading yet, or the meter is lost: never report a made-up value
+        if view.meter is None or "meter" in view.faults or not measurands:
+            # No reading yet, or the meter is lost (the last good reading is not a new one):
+            # never report a made-up or stale value.
+            return
         if local_id is not None and (
             # The charger has stopped it: its StopTransaction (on its way) has the last value,
             # and a value stamped now would come after the transaction's end.
@@ -1402,7 +1404,7 @@ class OcppAdapter16:
 
     async def _triggered_meter_values(self, link: _Link, connector_id: int) -> None:
         view = self.port.view(connector_id)
-        if view.meter is None:
+        if view.meter is None or "meter" in view.faults:
             return
         measurands = self.keys.get_csl("MeterValuesSampledData")
         payload: dict[str, Any] = {

@@ -148,7 +148,8 @@ def test_set_closed_returns_at_once(world: ContactorWorld) -> None:
     for _ in range(10):
         world.contactor.set_closed(True)
         world.contactor.set_closed(False)
-    assert (time.perf_counter() - start) / 20 < 0.01  # generous; real GPIO writes take µs
+    # Not a benchmark: only that no call waits for the feedback (which would take its 100 ms).
+    assert (time.perf_counter() - start) / 20 < 0.05
 
 
 def test_shutdown_opens(world: ContactorWorld) -> None:

@@ -111,10 +111,6 @@ def test_proximity_pilot_reads_the_cable(
         assert pp.read_cable_rating_a() == amps
         if not math.isinf(ohm):
             assert pp.read_resistance_ohm() == pytest.approx(ohm, rel=0.05)
-        start = time.perf_counter()
-        pp.read_cable_rating_a()
-        # A few conversions: well under 1 ms with hardware SPI; bit-banged mock SPI is slower.
-        assert time.perf_counter() - start < 0.05
     finally:
         pp.shutdown()
         adc.close()
