@@ -397,8 +397,26 @@ def cable_rating_for_resistance(ohm: float) -> float | None:
     return None
 
 
+_ENERGY_STATES: Final = frozenset({CpState.C, CpState.D})
+_FAULT_STATES: Final = frozenset({CpState.E, CpState.F})
+
+
+def toward_safety(old: PilotReading, new: PilotReading) -> bool:
+    """True for a change after which the contactor must open: the EV stops asking for energy
+    (C/D → A/B/E/F), the CP shorts or drops (→ E/F), the diode goes missing."""
+    if old.state in _ENERGY_STATES and new.state not in _ENERGY_STATES:
+        return True
+    if new.state in _FAULT_STATES and old.state not in _FAULT_STATES:
+        return True
+    return old.diode_ok and not new.diode_ok
+
+
 class Debouncer:
-    """Reports a new value only once it has been seen ``count`` times in a row."""
+    """Reports a new value once it has been seen ``count`` times in a row, except a change
+    toward safety, which is reported at the first burst: a glitch then costs a needless
+    contactor opening (the EV asks again and gets it after the debounce), whereas waiting
+    would keep the contactor closed for a whole sampling cycle longer than the EV asked.
+    """
 
     def __init__(self, initial: PilotReading, count: int) -> None:
         self.value = initial
@@ -418,6 +436,9 @@ class Debouncer:
         if sample == self.value:
             self.reset()
             return False
+        if toward_safety(self.value, sample):
+            self.reset(sample)
+            return True
         if sample == self._candidate:
             self._seen += 1
         else:

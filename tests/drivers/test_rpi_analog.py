@@ -16,12 +16,14 @@ from drivers.protocols import CpState, PilotReading, ProximitySensor, Temperatur
 from drivers.rpi import (
     PP_BANDS,
     AdcTemperature,
+    Debouncer,
     PilotWiring,
     ProximityPilot,
     ProximityWiring,
     SysfsAdcPilot,
     TemperatureWiring,
     cable_rating_for_resistance,
+    toward_safety,
 )
 from tests.drivers.rpi_fakes import (
     CpWire,
@@ -190,3 +192,16 @@ def test_pilot_pp_and_temperature_share_one_adc(tmp_path: Path, gpio_factory: Mo
         pp.shutdown()
         temperature.shutdown()
         adc.close()
+
+
+def test_changes_toward_safety_are_reported_at_the_first_burst() -> None:
+    c, b = PilotReading(CpState.C), PilotReading(CpState.B)
+    debouncer = Debouncer(c, count=2)
+    assert debouncer.feed(b) is True  # the EV stopped asking: no second burst awaited
+    assert debouncer.value == b
+    assert debouncer.feed(c) is False  # asking again needs the full debounce
+    assert debouncer.feed(c) is True
+    no_diode = PilotReading(CpState.C, diode_ok=False)
+    assert debouncer.feed(no_diode) is True
+    assert toward_safety(PilotReading(CpState.A), PilotReading(CpState.E))
+    assert not toward_safety(PilotReading(CpState.A), PilotReading(CpState.B))
