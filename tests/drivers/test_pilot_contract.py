@@ -7,6 +7,7 @@ generator level is what the driver wrote to sysfs, the EV's load what the test p
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import threading
@@ -20,8 +21,10 @@ from gpiozero.pins.mock import MockFactory  # type: ignore[import-untyped]
 
 from drivers import sysfs_pwm
 from drivers.mock import MockConnectorHardware
+from drivers.pilot_uart import uart_pilot_from_options
 from drivers.protocols import CpState, PilotDriver, PilotOutput, PilotReading
 from drivers.rpi import Debouncer, PilotWiring, SysfsAdcPilot, classify_cp
+from tests.drivers.pilot_mcu_emulator import McuEmulator, socat_pty_pair
 from tests.drivers.rpi_fakes import (
     CpWire,
     EmulatedMcp3008,
@@ -131,15 +134,58 @@ class RpiPilotWorld:
         self.adc.close()
 
 
-@pytest.fixture(params=["mock", "rpi"])
+class UartPilotWorld:
+    """The UART pilot with a co-processor emulator (hardware/pilot-uart-protocol.md) on the
+    other end of a socat pty pair, itself wired to the simulated EV."""
+
+    def __init__(self, directory: Path) -> None:
+        self._pair = socat_pty_pair(directory)
+        host, mcu = self._pair.__enter__()
+        self.mcu = McuEmulator(mcu)
+        self.pilot: PilotDriver = uart_pilot_from_options({"device": str(host)})
+        self._state = CpState.A
+
+    def present(self, state: CpState) -> None:
+        self._state = state
+        self.mcu.set_ev(state)
+
+    def remove_diode(self) -> None:
+        self.mcu.set_ev(self._state, diode_missing=True)
+
+    def short(self) -> None:
+        self.mcu.set_ev(CpState.E)
+
+    def wire_duty_percent(self) -> float:
+        # The command travels over the line: wait until the co-processor drives what the
+        # driver last commanded (or give up and report what it drives).
+        commanded = self.pilot.output
+        expected = {PilotOutput.STEADY: "X1", PilotOutput.STATE_F: "F"}.get(
+            commanded, f"PWM {round(self.pilot.duty_percent * 100)}"
+        )
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: self.mcu.output == expected, "the co-processor to apply it")
+        output = self.mcu.output
+        if output.startswith("PWM "):
+            return int(output.split()[1]) / 100.0
+        return 100.0 if output == "X1" else 0.0
+
+    def close(self) -> None:
+        self.pilot.shutdown()
+        self.mcu.close()
+        self._pair.__exit__(None, None, None)
+
+
+@pytest.fixture(params=["mock", "rpi", "uart"])
 def world(
     request: pytest.FixtureRequest, tmp_path: Path, gpio_factory: MockFactory
 ) -> Iterator[PilotWorld]:
     w: PilotWorld
     if request.param == "mock":
         w = MockPilotWorld()
-    else:
+    elif request.param == "rpi":
         w = RpiPilotWorld(tmp_path, gpio_factory)
+    else:
+        w = UartPilotWorld(tmp_path)
     yield w
     w.close()
 
@@ -171,8 +217,9 @@ def test_set_pwm_drives_the_duty(world: PilotWorld) -> None:
 
 
 def test_duty_resolution_is_fine(world: PilotWorld) -> None:
-    # 1 ns of a 1 ms period: 0.0001 %. Offered currents are never truncated to whole percent.
-    assert world.pilot.duty_resolution_percent == pytest.approx(0.0001)
+    # Offered currents are never truncated to whole percent: the sysfs pilot has 1 ns of a
+    # 1 ms period (0.0001 %), the co-processor protocol 0.01 % (6 mA of offered current).
+    assert 0.0 < world.pilot.duty_resolution_percent <= 0.01
 
 
 def test_set_steady_is_full_duty(world: PilotWorld) -> None:
