@@ -428,6 +428,19 @@ class App:
 
     def _apply(self, actions: list[Action]) -> None:
         """Carry out the controller's actions: hardware now, everything else in order later."""
+        # The safety output before any other work (the limits below evaluate profiles and
+        # read the proximity input): a contactor whose last command in this batch is "open"
+        # opens now, and earlier commands for it in the batch are moot.
+        last_contactor = {a.connector_id: a for a in actions if isinstance(a, SetContactor)}
+        opening = {cid for cid, a in last_contactor.items() if not a.closed}
+        for connector_id in opening:
+            self._command_contactor(last_contactor[connector_id])
+        if opening:
+            actions = [
+                a
+                for a in actions
+                if not (isinstance(a, SetContactor) and a.connector_id in opening)
+            ]
         if not self._updating_limits and any(
             isinstance(a, TransactionStarted | TransactionStopped | StatusChanged) for a in actions
         ):
@@ -443,12 +456,7 @@ class App:
             self._limits_changed.set()  # the next scheduled change may have moved
         for action in actions:
             if isinstance(action, SetContactor):
-                self.hardware.connectors[action.connector_id].contactor.set_closed(action.closed)
-                self.narrate(
-                    "hw", "contactor", {"connector": action.connector_id, "closed": action.closed}
-                )
-                if self._at_rest[action.connector_id].contactor_commanded(action.closed):
-                    self._spawn(self._read_meter_at_rest(action.connector_id))
+                self._command_contactor(action)
             elif isinstance(action, SetPilot):
                 pilot = self.hardware.connectors[action.connector_id].pilot
                 if action.output is PilotOutput.PWM:
@@ -480,6 +488,12 @@ class App:
                 elif isinstance(action, AuthorizationExpired):
                     self._remote_start_profiles.pop(action.id_tag, None)
                 self._events.put_nowait(action)
+
+    def _command_contactor(self, action: SetContactor) -> None:
+        self.hardware.connectors[action.connector_id].contactor.set_closed(action.closed)
+        self.narrate("hw", "contactor", {"connector": action.connector_id, "closed": action.closed})
+        if self._at_rest[action.connector_id].contactor_commanded(action.closed):
+            self._spawn(self._read_meter_at_rest(action.connector_id))
 
     async def _safety_loop(self) -> None:
         while True:
@@ -722,18 +736,23 @@ class App:
         self._limits_changed.set()
 
     async def _limits_loop(self) -> None:
-        """Applies the limits when a charging profile's period begins or ends."""
+        """Applies the limits when a charging profile's period begins or ends. Whoever sets
+        ``_limits_changed`` has just applied them: then only the timer is re-planned."""
+        next_change = self.update_limits()
         while True:
-            next_change = self.update_limits()
             self._limits_changed.clear()
             # Re-checked at least every minute: the wall clock may be stepped (NTP on a board
             # without an RTC), which a monotonic sleep would not notice.
             wait_s = LIMITS_RECHECK_S
             if next_change is not None:
                 wait_s = min(wait_s, max(0.0, (next_change - self.clock.utc_now()).total_seconds()))
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(wait_s):
                     await self._limits_changed.wait()
+            except TimeoutError:
+                next_change = self.update_limits()
+            else:
+                next_change = self._next_limit_change
 
     async def _load_profiles(self) -> None:
         self.profiles = ProfileSet(self._profile_limits(), [0, *self.charger.connectors])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -141,3 +142,23 @@ async def test_a_hot_connector_is_derated_and_recovers(tmp_path: Path) -> None:
             what="full offer again",
         )
         assert b.app.status()["connectors"][0]["limit_binding"] == "rating"
+
+
+async def test_the_contactor_opens_before_the_limits_are_worked_out(tmp_path: Path) -> None:
+    """C→B changes the status, so the limits are recomputed in the same step: the safety
+    output must not wait behind that work (profiles, the proximity input)."""
+    async with bench(tmp_path) as b:
+        await b.booted()
+        await b.start_charging(1, "TAG-OK")
+        await b.wait_until(lambda: b.ev(1).snapshot()["contactor_commanded"], what="closed")
+        seen_closed: list[bool] = []
+        compute = b.app._limit_actions
+
+        def recording() -> list[Any]:
+            seen_closed.append(b.ev(1).snapshot()["contactor_commanded"])
+            return compute()
+
+        b.app._limit_actions = recording  # type: ignore[method-assign]
+        b.ev(1).set_ev_state("B")
+        await b.wait_until(lambda: bool(seen_closed), what="limits recomputed")
+        assert seen_closed[0] is False
