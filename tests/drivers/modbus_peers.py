@@ -9,14 +9,11 @@ checks the map against the reference, not against itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import os
-import shutil
 import struct
-import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -278,41 +275,6 @@ async def start_rtu_server(
 async def stop_server(server: Server) -> None:
     await server.shutdown()  # type: ignore[no-untyped-call]  # unannotated in pymodbus 3.16
     await asyncio.sleep(0.01)
-
-
-@dataclass(frozen=True)
-class PtyPair:
-    """Two linked pseudo-terminals from socat: a client on ``a`` talks to a server on ``b``."""
-
-    a: Path
-    b: Path
-
-
-@contextlib.contextmanager
-def socat_pair(directory: Path) -> Iterator[PtyPair]:
-    socat = shutil.which("socat")
-    if socat is None:  # pragma: no cover - socat is part of the test environment
-        raise RuntimeError("socat is needed for the RTU tests")
-    a, b = directory / "ttyA", directory / "ttyB"
-    proc = subprocess.Popen(
-        [socat, "-d", "-d", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 5.0
-        while not (a.exists() and b.exists()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"socat did not create {a} and {b}")
-            time.sleep(0.005)
-        yield PtyPair(a, b)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            proc.kill()
-            proc.wait()
 
 
 def open_fds() -> int:

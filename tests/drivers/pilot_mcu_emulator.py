@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 import serial  # type: ignore[import-untyped]
 
 from drivers.protocols import CpState
+from tests.drivers.ptys import socat_pair
 
 MCU_WATCHDOG_S = 0.5  # the spec's value, restated: the emulator is written from the spec
 
@@ -36,24 +36,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> float:
 @contextlib.contextmanager
 def socat_pty_pair(directory: Path) -> Iterator[tuple[Path, Path]]:
     """Two linked ptys, ``(host, mcu)``: what one end writes, the other reads."""
-    host, mcu = directory / "host", directory / "mcu"
-    proc = subprocess.Popen(
-        [
-            "socat",
-            "-d",
-            "-d",
-            f"pty,raw,echo=0,link={host}",
-            f"pty,raw,echo=0,link={mcu}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(lambda: host.exists() and mcu.exists(), timeout=5.0)
-        yield host, mcu
-    finally:
-        proc.terminate()
-        proc.wait(timeout=5)
+    with socat_pair(directory) as pair:
+        yield pair.a, pair.b
 
 
 def _crc8_table() -> list[int]:

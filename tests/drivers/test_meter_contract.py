@@ -20,15 +20,14 @@ from tests.drivers.modbus_peers import (
     LAYOUTS,
     MAPS_DIR,
     FakeMeter,
-    PtyPair,
     decoded,
     open_fds,
     settles,
-    socat_pair,
     start_rtu_server,
     start_tcp_server,
     stop_server,
 )
+from tests.drivers.ptys import PtyPair, socat_pair
 
 
 @dataclass

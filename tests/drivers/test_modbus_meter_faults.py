@@ -20,14 +20,13 @@ from tests.drivers.modbus_peers import (
     LAYOUTS,
     MAPS_DIR,
     FakeMeter,
-    PtyPair,
     crc16,
     eventually,
-    socat_pair,
     start_rtu_server,
     start_tcp_server,
     stop_server,
 )
+from tests.drivers.ptys import PtyPair, socat_pair
 
 TIMEOUT_S = 0.3
 # Generous: a failure must come "within about timeout_s", on a loaded CI machine too.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -45,7 +44,7 @@ from tests.drivers.pilot_mcu_emulator import (
     wait_until,
 )
 
-pytestmark = pytest.mark.skipif(shutil.which("socat") is None, reason="socat not installed")
+# socat is installed by `scripts/bootstrap --test`: without it these tests fail, not skip.
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -332,12 +331,12 @@ def test_unacknowledged_command_is_a_fault_then_recovers(
 ) -> None:
     mcu.set_ev(CpState.B)
     mcu.ignore_commands = True  # heartbeats still get through and are answered
-    sent = time.monotonic()
     pilot.set_steady()
     took = wait_until(lambda: pilot.read() == FAULT_READING)
-    assert ACK_TIMEOUT_S - 0.01 <= took <= ACK_TIMEOUT_S + 0.05
+    # Not before the ack timeout; the upper margin is for a loaded machine.
+    assert ACK_TIMEOUT_S - 0.01 <= took <= ACK_TIMEOUT_S + 0.5
     assert pilot.fault is not None and "not acknowledged" in pilot.fault
-    assert time.monotonic() - sent < MCU_WATCHDOG_S  # heartbeats kept it from firing
+    assert mcu.watchdog_fired_at is None  # heartbeats kept the co-processor's watchdog quiet
     assert mcu.output == "F" and mcu.watchdog_fired_at is None
     mcu.ignore_commands = False  # the command is repeated until it gets through
     wait_until(lambda: pilot.read() == PilotReading(CpState.B), timeout=1.0)
@@ -406,7 +405,7 @@ def test_coprocessor_watchdog_and_noise_rules(
         assert mcu.output == "X1"
         wait_until(lambda: mcu.output == "F", timeout=1.0)
         assert mcu.watchdog_fired_at is not None
-        assert MCU_WATCHDOG_S <= mcu.watchdog_fired_at - fed_at <= MCU_WATCHDOG_S + 0.05
+        assert MCU_WATCHDOG_S <= mcu.watchdog_fired_at - fed_at <= MCU_WATCHDOG_S + 0.5
         replies = list(decoder.feed(host.read(4096)))
         assert replies[-2:] == ["00 EVT WDOG", "00 ST F - F"]
         # F is sticky: heartbeats alone do not bring the old output back.
@@ -433,7 +432,7 @@ def test_stopped_heartbeats_make_the_coprocessor_drive_f(
     stopped = time.monotonic()
     wait_until(lambda: mcu.output == "F", timeout=1.0)
     assert mcu.watchdog_fired_at is not None
-    assert mcu.watchdog_fired_at - stopped <= MCU_WATCHDOG_S + 0.05
+    assert mcu.watchdog_fired_at - stopped <= MCU_WATCHDOG_S + 0.5
     wait_until(lambda: "00 EVT WDOG" in mcu.sent, timeout=0.1)
     # The host side, if still alive, sees silence: nobody reads the reports any more.
     wait_until(lambda: pilot.read() == FAULT_READING, timeout=1.0)
