@@ -61,6 +61,7 @@ sighting period allows: at least 0.3 s for the RDM6300 and 2.5 poll intervals fo
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import functools
@@ -396,7 +397,7 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-class _SerialCardReader:
+class _SerialCardReader(abc.ABC):
     """What both readers share: option checks, the worker thread, and the loop side (cards
     waiting to be taken, the reader's health, waking ``read_card``)."""
 
@@ -560,8 +561,9 @@ class _SerialCardReader:
             if done is not None:
                 self._post(functools.partial(_resolve, done))
 
+    @abc.abstractmethod
     def _run(self) -> None:
-        raise NotImplementedError
+        """The worker thread's body: open the port, read, report (each reader its own)."""
 
     def _post(self, callback: Callable[[], None]) -> None:
         loop = self._loop

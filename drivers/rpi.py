@@ -455,9 +455,10 @@ def _open_adc(chip: str, port: int, device: int, channel: int, pin_factory: Any)
     return cls(channel=channel, port=port, device=device, pin_factory=pin_factory)
 
 
-def _median_code(adc: Any, samples: int) -> int:
-    codes = sorted(int(adc.raw_value) for _ in range(samples))
-    return codes[len(codes) // 2]
+def _median_volts(adc: Any, wiring: ProximityWiring | TemperatureWiring) -> float:
+    """The median of ``wiring.samples`` conversions, in volts at the ADC input."""
+    codes = sorted(int(adc.raw_value) for _ in range(wiring.samples))
+    return codes[len(codes) // 2] * wiring.adc_vref_v / _ADC_CODES
 
 
 def _call_listener(listener: Listener | None, what: str) -> None:
@@ -748,7 +749,7 @@ class ProximityPilot:
     def read_resistance_ohm(self) -> float:
         """The PP–PE resistance in Ω (``math.inf`` when open)."""
         w = self._wiring
-        volts = _median_code(self._adc, w.samples) * w.adc_vref_v / _ADC_CODES * w.adc_scale
+        volts = _median_volts(self._adc, w) * w.adc_scale
         across_pullup = w.pullup_supply_v - volts
         # Within one ADC step of the supply: nothing pulls the node down.
         if across_pullup <= w.adc_vref_v / _ADC_CODES * w.adc_scale:
@@ -780,8 +781,7 @@ class AdcTemperature:
 
     def read_c(self) -> float:
         w = self._wiring
-        volts = _median_code(self._adc, w.samples) * w.adc_vref_v / _ADC_CODES
-        return volts * w.c_per_v + w.offset_c
+        return _median_volts(self._adc, w) * w.c_per_v + w.offset_c
 
     def shutdown(self) -> None:
         self._adc.close()
