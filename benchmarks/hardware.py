@@ -56,8 +56,8 @@ from drivers.protocols import CpState, PilotOutput
 from drivers.rpi import PilotWiring, ProximityWiring, SysfsAdcPilot
 from evse_daemon.app import METER_INTERVAL_S, App
 from evse_daemon.bench.csms import BenchCsms
-from evse_daemon.config import load_config
-from evse_daemon.hardware import MAPS_DIR, HostAccess, build_hardware
+from evse_daemon.config import METER_MAPS_DIR, load_config
+from evse_daemon.hardware import HostAccess, build_hardware
 from tests.drivers.modbus_peers import LAYOUTS, FakeMeter, start_tcp_server
 from tests.drivers.rpi_fakes import (
     CpWire,
@@ -214,7 +214,7 @@ async def meter_figures(port: int, seconds: float, baseline_s: float) -> dict[st
     meter = modbus_meter_from_options(
         {"driver": "modbus", "model": METER_MODEL, "host": "127.0.0.1", "port": port},
         phases=3,
-        maps_dir=MAPS_DIR,
+        maps_dir=METER_MAPS_DIR,
         buses=buses,
     )
     try:

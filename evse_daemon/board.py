@@ -42,7 +42,7 @@ from drivers.rpi import (
     TemperatureWiring,
 )
 
-BOARDS_DIR = Path(__file__).resolve().parent.parent / "hardware" / "boards"
+from .config import BOARDS_DIR
 
 WIRING_CLASSES: Mapping[str, type[Any]] = types.MappingProxyType(
     {

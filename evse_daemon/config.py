@@ -49,6 +49,11 @@ __all__ = (
 
 KeyPath = tuple[str | int, ...]
 
+# Data for real hardware that ships with the daemon: board profiles and meter register maps.
+HARDWARE_DATA_DIR = Path(__file__).resolve().parent.parent / "hardware"
+BOARDS_DIR = HARDWARE_DATA_DIR / "boards"
+METER_MAPS_DIR = HARDWARE_DATA_DIR / "meters"
+
 # --------------------------------------------------------------------------------------------
 # Result objects
 
@@ -1209,40 +1214,26 @@ def _check_board_parts(
                 )
 
 
-def _check_real_drivers(
-    chk: _Checker,
-    connectors: tuple[ConnectorConfig, ...],
-    rfid: DriverConfig | None,
-    file: str,
-) -> None:
-    """What the schemas cannot see: a meter map that does not exist or does not fit, RFID
-    options that do not go together. The factories check without opening any port."""
+def _check_meter_maps(chk: _Checker, connectors: tuple[ConnectorConfig, ...], file: str) -> None:
+    """What the schema cannot see: a meter map that does not exist or does not fit the
+    options. The factory checks without opening any port. (The card readers' factories check
+    nothing the schema does not already.)"""
     base_dir = Path(file).resolve().parent if file and not file.startswith("<") else None
     for index, connector in enumerate(connectors):
         if connector.meter.driver != "modbus":
             continue
         from drivers.modbus_meter import ModbusBuses, modbus_meter_from_options
 
-        from .hardware import MAPS_DIR
-
         try:
             modbus_meter_from_options(
                 connector.meter.options,
                 phases=connector.phases,
-                maps_dir=MAPS_DIR,
+                maps_dir=METER_MAPS_DIR,
                 buses=ModbusBuses(),
                 base_dir=base_dir,
             )
         except ValueError as exc:
             chk.error(("connector", index, "meter", "driver"), str(exc))
-    if rfid is not None and rfid.driver in ("rdm6300", "pn532"):
-        from drivers.rfid import pn532_from_options, rdm6300_from_options
-
-        factory = rdm6300_from_options if rfid.driver == "rdm6300" else pn532_from_options
-        try:
-            factory(rfid.options)
-        except ValueError as exc:
-            chk.error(("rfid", "driver"), str(exc))
 
 
 def _control(chk: _Checker, data: Mapping[str, object]) -> ControlConfig | None:
@@ -1402,7 +1393,7 @@ def _build(chk: _Checker, data: Mapping[str, object], file: str) -> Config | Non
     if connectors is not None and (board is not None or "board" not in data):
         _check_board_parts(chk, connectors, board)
     if connectors is not None and not chk.errors:
-        _check_real_drivers(chk, connectors, rfid, file)
+        _check_meter_maps(chk, connectors, file)
     if (
         chk.errors
         or station is None

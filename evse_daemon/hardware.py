@@ -21,7 +21,7 @@ from drivers.protocols import (
     TemperatureSensor,
 )
 
-from .config import Config, ConnectorConfig, DriverConfig
+from .config import METER_MAPS_DIR, Config, ConnectorConfig, DriverConfig
 
 if TYPE_CHECKING:
     from drivers.modbus_meter import ModbusBuses
@@ -85,9 +85,6 @@ class Hardware:
 
 class UnsupportedDriver(Exception):
     """A driver the config names cannot be built here (wrong wiring, a port that is missing)."""
-
-
-MAPS_DIR = Path(__file__).resolve().parent.parent / "hardware" / "meters"
 
 
 def _option_float(part: DriverConfig, name: str, default: float) -> float:
@@ -190,7 +187,7 @@ class _Builder:
         return modbus_meter_from_options(
             part.options,
             phases=connector.phases,
-            maps_dir=MAPS_DIR,
+            maps_dir=METER_MAPS_DIR,
             buses=self.buses,
             base_dir=base_dir,
         )

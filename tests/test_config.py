@@ -1111,8 +1111,3 @@ def test_a_meter_map_that_does_not_exist_is_a_config_error() -> None:
     (error,) = errors_of(text)
     assert error.startswith(f"evse.toml:{line_of(text, 'sdm999')}: connector[0].meter.driver: ")
     assert "eastron-sdm999" in error
-
-
-def test_rfid_options_are_checked_by_the_reader() -> None:
-    text = HEAD + connector() + '[rfid]\ndriver = "rdm6300"\ndevice = "/dev/serial0"\n'
-    assert parse_config(text).rfid is not None

@@ -23,8 +23,6 @@ from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-MAPS_DIR = Path(__file__).resolve().parents[2] / "hardware" / "meters"
-
 # data type -> (struct format, registers)
 _FORMATS = {
     "int16": ("h", 1),

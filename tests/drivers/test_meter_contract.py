@@ -16,9 +16,9 @@ import pytest
 from drivers.mock import MockConnectorHardware
 from drivers.modbus_meter import ModbusBuses, ModbusMeter, modbus_meter_from_options
 from drivers.protocols import EnergyMeter, MeterError, MeterReading
+from evse_daemon.config import METER_MAPS_DIR as MAPS_DIR
 from tests.drivers.modbus_peers import (
     LAYOUTS,
-    MAPS_DIR,
     FakeMeter,
     decoded,
     open_fds,

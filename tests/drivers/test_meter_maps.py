@@ -22,7 +22,8 @@ from drivers.modbus_meter import (
     modbus_meter_from_options,
     plan_reads,
 )
-from tests.drivers.modbus_peers import LAYOUTS, MAPS_DIR
+from evse_daemon.config import METER_MAPS_DIR as MAPS_DIR
+from tests.drivers.modbus_peers import LAYOUTS
 
 SHIPPED = [
     "abb-b23",

@@ -16,9 +16,9 @@ from pymodbus.pdu import ModbusPDU
 
 from drivers.modbus_meter import ModbusBuses, ModbusMeter, modbus_meter_from_options
 from drivers.protocols import MeterError, MeterReading
+from evse_daemon.config import METER_MAPS_DIR as MAPS_DIR
 from tests.drivers.modbus_peers import (
     LAYOUTS,
-    MAPS_DIR,
     FakeMeter,
     crc16,
     eventually,
