@@ -22,7 +22,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 import tomli
@@ -46,6 +46,9 @@ __all__ = (
     "load_config",
     "parse_config",
 )
+
+if TYPE_CHECKING:
+    from .board import Board
 
 KeyPath = tuple[str | int, ...]
 
@@ -131,7 +134,7 @@ class BoardConfig:
     config's overrides applied (an ``evse_daemon.board.Board``)."""
 
     profile: str
-    board: Any
+    board: Board
 
 
 @dataclass(frozen=True, slots=True)
