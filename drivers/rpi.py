@@ -182,8 +182,10 @@ class PilotWiring:
         if not 0 < self.pwm_resolution_ns * 2 < self.pwm_period_ns:
             raise ValueError("pilot: pwm_resolution_ns must be > 0 and well below the period")
         _check_adc(self.adc_chip, self.adc_channel, self.adc_vref_v, "pilot")
-        if not (math.isfinite(self.cp_scale) and self.cp_scale != 0.0):
-            raise ValueError(f"pilot: cp_scale must be a non-zero number, not {self.cp_scale}")
+        # A higher ADC code must mean a higher CP voltage: the burst's maximum code is taken
+        # as the positive plateau.
+        if not (math.isfinite(self.cp_scale) and self.cp_scale > 0.0):
+            raise ValueError(f"pilot: cp_scale must be a positive number, not {self.cp_scale}")
         thresholds = [self.a_min_v, self.b_min_v, self.c_min_v, self.d_min_v, self.e_min_v]
         if not all(math.isfinite(t) for t in thresholds) or thresholds != sorted(
             thresholds, reverse=True
@@ -525,11 +527,14 @@ class SysfsAdcPilot:
     ``burst_interval_s`` apart. Bursts that straddle an output change are discarded, and the
     first burst after a change starts ``settle_s`` after it.
 
-    Latency of a change on the CP wire (burst duration b, pause p, debounce n): between
-    n × (b + p) and (n + 1) × (b + p) (the burst running when the change happens may still
-    see the old level). With the defaults (100 samples; b ≈ 2-6 ms with hardware SPI on a
-    Pi 4, 20-60 µs per conversion through gpiozero; p = 5 ms; n = 2): about 15-35 ms, well
-    under the 100 ms in which the contactor must open. A burst can miss the positive
+    Latency of a change on the CP wire (burst duration b, pause p, debounce n). The EV
+    leaving C/D (to B or A, an unplug included) ends the running burst at the first sample
+    that shows it, and a change toward safety needs no debounce: about p + one PWM period
+    at worst. A missing diode, a short (E) or a loss (F) needs a whole burst's maximum or
+    minimum: at most 2 × b + p. Other changes wait for the debounce: between n × (b + p) and
+    (n + 1) × (b + p). With the defaults (100 samples; b ≈ 2-6 ms with hardware SPI on a
+    Pi 4, 20-60 µs per conversion through gpiozero; p = 5 ms; n = 2): under 7 ms for C → B,
+    well under the 100 ms in which the contactor must open. A burst can miss the positive
     plateau at very low duty (5 %: 50 µs high); the debounce hides a single miss.
 
     While the EVSE drives state F the reading is F and no sampling is done. A sampling error
@@ -651,25 +656,44 @@ class SysfsAdcPilot:
         with self._cond:
             self._listener = listener
 
-    def _burst(self) -> tuple[float, float]:
-        """(max, min) CP volts over one burst."""
+    def _leave_code(self) -> int | None:
+        """The lowest ADC code that proves the EV has left C/D (CP ≥ ``b_min_v``), or None if
+        no code reaches it."""
+        w = self._wiring
+        code = math.ceil((w.b_min_v - w.cp_offset_v) * _ADC_CODES / (w.adc_vref_v * w.cp_scale))
+        # Float rounding may put the boundary one code off either way.
+        while code > 0 and w.cp_volts(code - 1) >= w.b_min_v:
+            code -= 1
+        while code < _ADC_CODES and w.cp_volts(code) < w.b_min_v:
+            code += 1
+        return code if code < _ADC_CODES else None
+
+    def _burst(self, leave_code: int | None) -> tuple[float, float, bool]:
+        """(max, min) CP volts over one burst, and whether it ended early.
+
+        With ``leave_code`` set (the reported state is C or D), the burst ends at the first
+        sample at or above it: the maximum can only grow, so the state is already known to be
+        A or B, and the contactor must open now, not at the end of the burst.
+        """
         adc = self._adc
         lo = hi = int(adc.raw_value)
         count = 1
         deadline = time.monotonic() + self._wiring.burst_min_s
         wanted = self._wiring.samples_per_burst
         limit = 50 * wanted  # a stalled clock must not make a burst endless
-        while count < wanted or (count < limit and time.monotonic() < deadline):
+        stop_at = _ADC_CODES if leave_code is None else leave_code
+        while hi < stop_at and (count < wanted or (count < limit and time.monotonic() < deadline)):
             code = int(adc.raw_value)
             if code > hi:
                 hi = code
             elif code < lo:
                 lo = code
             count += 1
-        return self._wiring.cp_volts(hi), self._wiring.cp_volts(lo)
+        return self._wiring.cp_volts(hi), self._wiring.cp_volts(lo), hi >= stop_at
 
     def _run(self) -> None:
         wiring = self._wiring
+        leave_code = self._leave_code()
         while True:
             with self._cond:
                 while True:
@@ -684,9 +708,16 @@ class SysfsAdcPilot:
                     self._cond.wait(wait)
                 generation = self._generation
                 pwm = self._output is PilotOutput.PWM
+                reported = self._debouncer.value
             try:
-                high_v, low_v = self._burst()
+                high_v, low_v, early = self._burst(
+                    leave_code if reported.state in _ENERGY_STATES else None
+                )
                 sample = classify_cp(high_v, low_v, pwm=pwm, wiring=wiring)
+                if early:
+                    # The burst may have ended before the negative plateau: the diode is
+                    # judged again by the next whole burst, not from this partial one.
+                    sample = PilotReading(sample.state, diode_ok=reported.diode_ok)
             except Exception:
                 self._log_error()
                 sample = PilotReading(CpState.F)

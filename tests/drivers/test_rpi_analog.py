@@ -205,3 +205,47 @@ def test_changes_toward_safety_are_reported_at_the_first_burst() -> None:
     assert debouncer.feed(no_diode) is True
     assert toward_safety(PilotReading(CpState.A), PilotReading(CpState.E))
     assert not toward_safety(PilotReading(CpState.A), PilotReading(CpState.B))
+
+
+def test_ev_leaving_c_ends_the_burst_at_the_first_sample_that_shows_it(
+    tmp_path: Path, gpio_factory: MockFactory
+) -> None:
+    """Conversions are scripted by index: bursts are exactly 50 conversions (no minimum
+    duration), so C is reported after conversion 100 (two agreeing bursts) and the third
+    burst starts at conversion 100. The EV goes to B exactly there. A burst that ran to its
+    end would report B after conversion 150; the early exit reports it after conversion 101,
+    and keeps the diode verdict, since the partial burst never saw the negative plateau."""
+    wiring = PilotWiring(
+        samples_per_burst=50, burst_min_s=0.0, burst_interval_s=0.001, settle_s=0.001
+    )
+    switch_at = 100
+    conversions = 0
+
+    def source(channel: int) -> float:
+        nonlocal conversions
+        assert channel == 0
+        index = conversions
+        conversions += 1
+        if index >= switch_at:
+            return cp_to_adc_volts(9.0, wiring)  # B, high plateau (then kept high)
+        return cp_to_adc_volts(6.0 if index % 3 == 0 else -12.0, wiring)  # C, PWM, diode
+
+    make_pwm_tree(tmp_path, exported={0: {}})
+    adc = EmulatedMcp3008(gpio_factory, source)
+    reports: list[tuple[PilotReading, int]] = []
+    pilot = SysfsAdcPilot(wiring, pin_factory=gpio_factory, sysfs_root=tmp_path)
+    # Called in the sampler thread right after the burst that changed the reading.
+    pilot.set_listener(lambda: reports.append((pilot.read(), conversions)))
+    try:
+        pilot.set_pwm(33.0)
+        deadline = time.monotonic() + 10.0
+        while len(reports) < 2:
+            assert time.monotonic() < deadline, reports
+            time.sleep(0.01)
+        assert reports[:2] == [
+            (PilotReading(CpState.C), 2 * wiring.samples_per_burst),
+            (PilotReading(CpState.B, diode_ok=True), switch_at + 1),
+        ]
+    finally:
+        pilot.shutdown()
+        adc.close()
