@@ -111,12 +111,6 @@ FAULT_REPORTS: dict[Fault, tuple[ErrorCode, str]] = {
     Fault.RCD_SELF_TEST: (ErrorCode.GROUND_FAILURE, "residual current device failed its self-test"),
 }
 
-# Faults seen only through the control pilot (or cleared only when the EV leaves): under state
-# F the CP reads -12 V whatever the EV does, so these need the pilot back at x1 to clear.
-PILOT_OBSERVED_FAULTS = frozenset(
-    {Fault.PILOT_SHORT, Fault.DIODE, Fault.CONTACTOR_CLOSE, Fault.RCD_SELF_TEST}
-)
-
 VENDOR_ERROR_CODES: dict[Fault, str] = {
     Fault.RCD_SELF_TEST: "RcdSelfTestFailed",
     Fault.PILOT_SHORT: "PilotShort",
@@ -401,11 +395,12 @@ class Connector:
         if self.commissioning:
             return (PilotOutput.STATE_F, 0.0)
         if self.blocking_fault is not None:
-            # State F for at least 300 ms (IEC 61851-1 table A.5), then x1 if only the pilot
-            # can tell when the fault is gone: under -12 V it never could.
+            # State F for at least 300 ms (IEC 61851-1 table A.5) tells the EV to stop; then
+            # x1, which offers no energy but lets the CP be read again: under -12 V neither a
+            # pilot fault's end nor the EV leaving (which ends its transaction and frees the
+            # cable) could ever be seen. The contactor stays open while the fault lasts.
             if (
-                self.faults <= PILOT_OBSERVED_FAULTS
-                and self._faulted_since is not None
+                self._faulted_since is not None
                 and now - self._faulted_since >= STATE_F_AFTER_FAULT_S
             ):
                 return (PilotOutput.STEADY, 0.0)

@@ -477,12 +477,19 @@ def test_fault_while_charging_opens_and_recovers(fault: Fault, code: ErrorCode) 
         (Status.FAULTED, code)
     ]
     assert charger.transaction_on(1) is not None  # the session survives a fault
-    # State F for as long as the fault lasts; readings of F are our own -12 V.
-    clock.advance(10)
-    charger.tick()
+    # State F for 300 ms; readings of F meanwhile are our own -12 V.
     charger.on_pilot(1, F)
     assert charger.drain() == []
-    assert charger.connector(1).pilot_output is PilotOutput.STATE_F
+    clock.advance(0.299)
+    charger.tick()
+    assert charger.drain() == []
+    # Then x1: no energy offered, but the EV can be seen again (it stopped asking under F).
+    clock.advance(10)
+    charger.tick()
+    assert charger.drain() == [SetPilot(1, PilotOutput.STEADY, 0.0)]
+    charger.on_pilot(1, B)
+    assert charger.drain() == []
+    assert not charger.connector(1).contactor_closed
 
     charger.set_fault(1, fault, False)
     actions = charger.drain()
@@ -493,8 +500,30 @@ def test_fault_while_charging_opens_and_recovers(fault: Fault, code: ErrorCode) 
     charger.on_pilot(1, C)
     assert charger.drain() == [
         SetContactor(1, True),
-        status(1, Status.CHARGING, T0 + timedelta(seconds=10)),
+        status(1, Status.CHARGING, T0 + timedelta(seconds=10.299)),
     ]
+
+
+@pytest.mark.parametrize(("fault", "code"), FAULT_CODES)
+def test_ev_leaving_during_a_fault_ends_its_transaction(fault: Fault, code: ErrorCode) -> None:
+    """Under x1 after the fault's 300 ms of state F the unplug is seen: the transaction ends
+    (StopTransactionOnEVSideDisconnect) while the connector stays Faulted."""
+    charger, clock = make()
+    start_charging(charger)
+    charger.set_fault(1, fault, True)
+    charger.drain()
+    clock.advance(0.301)
+    charger.tick()
+    assert charger.drain() == [SetPilot(1, PilotOutput.STEADY, 0.0)]
+    charger.on_pilot(1, A)
+    actions = charger.drain()
+    stops = [a for a in actions if isinstance(a, TransactionStopped)]
+    assert [s.reason for s in stops] == [StopReason.EV_DISCONNECTED]
+    assert charger.transaction_on(1) is None
+    assert not any(isinstance(a, SetContactor) for a in actions)  # it stayed open
+    assert charger.connector(1).status is Status.FAULTED
+    charger.set_fault(1, fault, False)
+    assert statuses(charger.drain()) == [Status.AVAILABLE]
 
 
 def test_fault_when_idle_and_recovery() -> None:

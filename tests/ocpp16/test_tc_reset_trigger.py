@@ -194,6 +194,32 @@ async def test_TC_041_fault_behavior(tmp_path: Path) -> None:
         assert b.csms.messages("StartTransaction") == []
 
 
+async def test_ev_unplugged_during_a_fault_ends_its_transaction(tmp_path: Path) -> None:
+    """After the fault's 300 ms of state F the pilot goes to x1, so an EV that leaves while
+    the RCD stays tripped is seen: its transaction ends (EVDisconnected) at once, not when
+    the fault clears."""
+    config = {"MinimumStatusDuration": 0, "StopTransactionOnEVSideDisconnect": True}
+    async with bench(tmp_path, ocpp_config=config) as b:
+        await b.booted()
+        tx = await b.start_charging(1, "TAG-OK")
+        mark = b.csms.mark()
+        b.ev(1).inject_fault("rcd")
+        await b.wait_status(1, "Faulted", after=mark)
+        assert b.ev(1).snapshot()["contactor_commanded"] is False
+        await b.wait_until(
+            lambda: b.ev(1).snapshot()["pilot_output"] == "steady", what="x1 after state F"
+        )
+        b.ev(1).unplug()
+        stop = await b.csms.wait_for("StopTransaction", after=mark)
+        assert stop.payload["transactionId"] == tx
+        assert stop.payload["reason"] == "EVDisconnected"
+        assert b.ev(1).snapshot()["contactor_commanded"] is False
+        assert b.statuses(1, after=mark)[-1] == "Faulted"  # the fault outlives the session
+        mark = b.csms.mark()
+        b.ev(1).clear_fault("rcd")
+        await b.wait_status(1, "Available", after=mark)
+
+
 async def test_TC_054_trigger_message(tmp_path: Path) -> None:
     async with bench(tmp_path) as b:
         await b.booted()
