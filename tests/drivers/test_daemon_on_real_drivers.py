@@ -495,8 +495,14 @@ async def _integrate(plant: Plant, meter: FakeMeter) -> None:
 
 
 async def _drive_ev(plant: Plant) -> None:
+    """The EV follows the pilot; the pilot's duty changes are logged as "duty N" events."""
+    last_duty = None
     while True:
         plant.ev_step()
+        duty = plant.duty_ns()
+        if duty != last_duty:
+            plant.log(f"duty {duty}")
+            last_duty = duty
         await asyncio.sleep(0.005)
 
 
@@ -715,6 +721,7 @@ async def test_contactor_weld(tmp_path: Path, gpio_factory: MockFactory) -> None
         await r.start_charging()
         p.weld()
         mark = r.csms.mark()
+        t_stop = time.monotonic()
         await r.swipe()  # stop: the relay opens, the aux contact stays closed
         faulted = await r.wait_status(1, "Faulted", error_code="PowerSwitchFailure", after=mark)
         assert not p.relay_on, "the relay is commanded open"
@@ -722,7 +729,12 @@ async def test_contactor_weld(tmp_path: Path, gpio_factory: MockFactory) -> None
         assert faulted.payload.get("info") == "contactor welded"
         stop = await r.csms.wait_for("StopTransaction", after=mark)
         assert stop.payload["meterStop"] >= START_WH
-        assert p.duty_ns() == "0", "state F while faulted"
+        # State F, then x1 (the EV stays visible) while the contacts stay welded.
+        await r.wait_until(lambda: p.duty_ns() == PERIOD_NS, "x1 after state F")
+        t_f = p.when("duty 0", t_stop)
+        assert t_f is not None, "state F after the weld"
+        assert p.when(f"duty {PERIOD_NS}", t_f) is not None
+        assert p.aux_closed() and not p.relay_on
 
         # The contacts come free: the fault clears.
         mark_clear = r.csms.mark()
@@ -775,7 +787,7 @@ async def test_rcd_trip(tmp_path: Path, gpio_factory: MockFactory) -> None:
         t_open = p.when("relay off", t_trip)
         assert t_open is not None and t_open < faulted.received_at
         assert t_open - t_trip < 0.5, f"relay opened {t_open - t_trip:.3f} s after the trip"
-        assert p.duty_ns() == "0"
+        await r.wait_until(lambda: p.when("duty 0", t_trip) is not None, "state F")
 
         # The residual current goes away: the fault clears and the EV may charge again.
         mark_clear = r.csms.mark()
@@ -944,3 +956,116 @@ async def test_no_stale_meter_values_from_a_lost_meter(
             if m.action == "MeterValues" and m.received_at > faulted.received_at + 0.2
         ]
         assert stale == [], f"MeterValues (Wh, W) sent while the meter was lost: {stale}"
+
+
+# ----------------------------------------------------------------------- bring-up
+
+
+async def _bringup(r: Rig, part: str, **extra: Any) -> Any:
+    request: dict[str, Any] = {"cmd": "bringup", "part": part, **extra}
+    if part != "rfid":
+        request["connector"] = 1
+    return await r.app.handle_control(request)
+
+
+async def test_bringup_exercises_each_part_on_the_real_drivers(
+    tmp_path: Path, gpio_factory: MockFactory
+) -> None:
+    """`evsectl bringup` on the reference board: what the technician reads is what the
+    stand-ins saw the drivers do (PWM files, relay, motor and test pins, Modbus, the pty)."""
+    async with rig(tmp_path, gpio_factory) as r:
+        p = r.plant
+        await r.wait_status(1, "Available")
+
+        # Meter first, while the register is still at its start (the contactor test below
+        # closes the contacts for half a second, and the register counts meanwhile).
+        meter = await _bringup(r, "meter")
+        assert meter["passed"] is True
+        assert [read["energy_import_wh"] for read in meter["reads"]] == [START_WH] * 3
+
+        # Pilot, nothing plugged in: F under state F, A under x1, and the PWM duty written
+        # to the kernel's file at the 1 ns resolution.
+        t0 = time.monotonic()
+        pilot = await _bringup(r, "pilot")
+        steps = {s["step"]: s for s in pilot["steps"]}
+        assert set(steps["state F"]["states"]) == {"F"}
+        assert steps["x1 (+12 V)"]["states"][-1] == "A"
+        assert steps["PWM 6 A"]["duty_percent"] == pytest.approx(10.0)
+        assert steps[f"PWM {MAX_CURRENT_A} A"]["states"][-1] == "A"
+        assert pilot["duty_resolution_percent"] == pytest.approx(1e-4)
+        assert p.when("duty 100000", t0) is not None  # 6 A: 10 % of 1 ms
+        assert p.when(f"duty {DUTY_NS}", t0) is not None
+        assert pilot["passed"] is True
+        await r.wait_until(lambda: p.duty_ns() == PERIOD_NS, "x1 again, handed back")
+
+        t0 = time.monotonic()
+        contactor = await _bringup(r, "contactor")
+        assert contactor["verdict"] == "ok", contactor
+        assert contactor["feedback_before"] is False
+        assert contactor["close_ms"] is not None and contactor["open_ms"] is not None
+        relay_on = p.when("relay on", t0)
+        assert relay_on is not None and p.when("relay off", relay_on) is not None
+        assert not p.relay_on and not p.aux_closed()
+
+        t0 = time.monotonic()
+        lock = await _bringup(r, "lock")
+        assert (lock["lock"]["ok"], lock["unlock"]["ok"], lock["passed"]) == (True, True, True)
+        locked = p.when("locked", t0)
+        assert locked is not None and p.when("unlocked", locked) is not None
+        assert not p.locked
+
+        presses = p.test_presses
+        rcd = await _bringup(r, "rcd")
+        assert rcd["self_test"]["passed"] is True
+        assert (rcd["tripped"], rcd["tripped_after"], rcd["passed"]) == (False, False, True)
+        assert p.test_presses == presses + 1
+
+        mark = r.csms.mark()
+        pending = asyncio.create_task(_bringup(r, "rfid", wait_s=5))
+        await r.reader.hold(CARD)
+        card = await pending
+        assert (card["id_tag"], card["passed"]) == (TAG, True)
+        await r.barrier()
+        assert not any(m.action == "Authorize" for m in r.csms.received[mark:])
+        await r.wait_status(1, "Available")
+
+
+async def test_bringup_finds_the_faults_of_the_real_parts(
+    tmp_path: Path, gpio_factory: MockFactory
+) -> None:
+    async with rig(tmp_path, gpio_factory) as r:
+        p = r.plant
+        await r.wait_status(1, "Available")
+
+        # An EV (or test box) in B: B under x1; it asks for energy (C) once PWM is offered,
+        # and the relay is never switched on for it.
+        mark = r.csms.mark()
+        p.plug()
+        await r.wait_status(1, "Preparing", after=mark)
+        t0 = time.monotonic()
+        pilot = await _bringup(r, "pilot")
+        steps = {s["step"]: s for s in pilot["steps"]}
+        assert steps["x1 (+12 V)"]["states"][-1] == "B"
+        assert steps[f"PWM {MAX_CURRENT_A} A"]["states"][-1] == "C"
+        assert all(s["diode_ok"] for s in pilot["steps"][1:])
+        assert p.when("relay on", t0) is None
+        assert not any(m.action == "StartTransaction" for m in r.csms.received[mark:])
+        p.unplug()
+        await r.wait_status(1, "Available", after=mark)
+
+        p.test_works = False
+        rcd = await _bringup(r, "rcd")
+        assert (rcd["self_test"]["passed"], rcd["passed"]) == (False, False)
+        p.test_works = True
+
+        await r.stop_meter_server()
+        meter = await _bringup(r, "meter")
+        assert meter["passed"] is False
+        assert all("error" in read for read in meter["reads"])
+        await r.start_meter_server()
+
+        p.weld()
+        contactor = await _bringup(r, "contactor")
+        assert contactor["verdict"].startswith("WELDED"), contactor
+        assert contactor["passed"] is False
+        await r.wait_status(1, "Faulted", error_code="PowerSwitchFailure")
