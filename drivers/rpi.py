@@ -979,8 +979,9 @@ class GpioLock:
             )
             return False
 
-    async def shutdown(self) -> None:
-        """Motor off, GPIOs released; the lock keeps its position. Idempotent."""
+    def close(self) -> None:
+        """Motor off, GPIOs released; the lock keeps its position. Idempotent. Synchronous,
+        so that a start-up that fails after building the lock can release its pins."""
         if self._closed:
             return
         self._closed = True
@@ -990,6 +991,10 @@ class GpioLock:
             self._lock_out.close()
             self._unlock_out.close()
             self._feedback.close()
+
+    async def shutdown(self) -> None:
+        """``close``, as the LockDriver protocol's awaitable shutdown."""
+        self.close()
 
 
 # ------------------------------------------------------------------------------ RCD

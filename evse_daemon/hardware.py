@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -260,12 +261,23 @@ class _Builder:
         return factory(rfid.options), None
 
     def close_built(self) -> None:
-        """Release what was built before a later part failed (the sync parts; async ones
-        hold no thread or pin until first used)."""
+        """Release what was built before a later part failed. A driver whose shutdown is
+        awaitable offers a synchronous ``close`` if it holds pins or threads from its
+        construction on (the GPIO lock); the others hold nothing until first used."""
         for driver in reversed(self.built):
-            if not asyncio.iscoroutinefunction(driver.shutdown):
+            release = driver.shutdown
+            if asyncio.iscoroutinefunction(release):
+                release = getattr(driver, "close", None)
+            if release is not None:
                 with contextlib.suppress(Exception):
-                    driver.shutdown()
+                    release()
+
+
+def _is_gpio_error(exc: Exception) -> bool:
+    """One of gpiozero's errors (a pin already in use, no SPI bus), without importing
+    gpiozero on a bench that never loaded it."""
+    gpiozero = sys.modules.get("gpiozero")
+    return gpiozero is not None and isinstance(exc, gpiozero.GPIOZeroError)
 
 
 def build_hardware(config: Config, access: HostAccess | None = None) -> Hardware:
@@ -275,9 +287,12 @@ def build_hardware(config: Config, access: HostAccess | None = None) -> Hardware
     try:
         connectors = {c.id: builder.connector(c) for c in config.connectors}
         reader, bench_reader = builder.reader()
-    except (ValueError, OSError) as exc:
+    except Exception as exc:
+        # Whatever went wrong, the parts built so far let go of their pins and threads.
         builder.close_built()
-        raise UnsupportedDriver(str(exc)) from exc
+        if isinstance(exc, ValueError | OSError) or _is_gpio_error(exc):
+            raise UnsupportedDriver(str(exc)) from exc
+        raise
     hardware = Hardware(connectors, reader, bench_reader, buses=builder.buses)
     hardware.safe_state()
     return hardware

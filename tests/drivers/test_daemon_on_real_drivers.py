@@ -23,6 +23,7 @@ import contextlib
 import functools
 import math
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from typing import Any, TypeVar
 
 import pytest
 import serial  # type: ignore[import-untyped]
+from gpiozero import InputDevice  # type: ignore[import-untyped]
 from gpiozero.pins.mock import MockFactory  # type: ignore[import-untyped]
 from ocpp.v16 import call
 
@@ -47,7 +49,7 @@ from evse_daemon.app import App
 from evse_daemon.bench.csms import BenchCsms, ReceivedMessage
 from evse_daemon.board import Board
 from evse_daemon.config import Config, load_config
-from evse_daemon.hardware import Hardware, HostAccess, build_hardware
+from evse_daemon.hardware import Hardware, HostAccess, UnsupportedDriver, build_hardware
 from tests.drivers.modbus_peers import (
     LAYOUTS,
     FakeMeter,
@@ -1069,3 +1071,36 @@ async def test_bringup_finds_the_faults_of_the_real_parts(
         assert contactor["verdict"].startswith("WELDED"), contactor
         assert contactor["passed"] is False
         await r.wait_status(1, "Faulted", error_code="PowerSwitchFailure")
+
+
+async def test_a_start_up_that_fails_half_way_releases_every_part(
+    tmp_path: Path, gpio_factory: MockFactory
+) -> None:
+    """Another program holds the RCD's input pin: the start-up fails naming the pin, and every
+    part built before the RCD (pilot sampler and PWM, relay, lock motor, the ADC's SPI bus) is
+    released, so that the daemon's next start (systemd restarts it) can claim them."""
+    sysfs = tmp_path / "sys-class-pwm"
+    kernel = FakePwmKernel(make_pwm_tree(sysfs))
+    access = HostAccess(pin_factory=gpio_factory, sysfs_pwm_root=str(sysfs))
+    adc = EmulatedMcp3008(gpio_factory, lambda _channel: 0.0)
+    try:
+        config = load_config(write_config(tmp_path, "ws://127.0.0.1:1/ocpp", 1, tmp_path / "tty"))
+        assert config.board is not None
+        board = config.board.board
+        rcd_gpio = wiring(board, "rcd", RcdWiring).trip_gpio
+        squatter = InputDevice(rcd_gpio, pin_factory=gpio_factory)
+        with pytest.raises(UnsupportedDriver, match=f"GPIO{rcd_gpio} is already in use"):
+            build_hardware(config, access)
+        squatter.close()
+
+        assert not [t.name for t in threading.enumerate() if t.name.endswith("-sampler")]
+        assert read_attr(sysfs / "pwmchip0" / "pwm0", "duty_cycle") == "0"  # left in state F
+        contactor = wiring(board, "contactor", ContactorWiring)
+        lock = wiring(board, "lock", LockWiring)
+        spi_pins = [8, 9, 10, 11]  # CE0, MISO, MOSI, SCLK: held while any ADC channel is open
+        pins = [contactor.relay_gpio, contactor.feedback_gpio, lock.lock_gpio, lock.unlock_gpio]
+        for gpio in [*pins, lock.feedback_gpio, *spi_pins]:
+            InputDevice(gpio, pin_factory=gpio_factory).close()  # GPIOPinInUse if still held
+    finally:
+        adc.close()
+        kernel.stop()
