@@ -17,7 +17,6 @@ import math
 import time
 from collections.abc import Callable, Coroutine
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from drivers.protocols import CpState, MeterError, MeterReading, PilotOutput, ReaderError
@@ -44,7 +43,7 @@ from .charger import (
     TransactionStarted,
     TransactionStopped,
 )
-from .clock import Clock, SystemClock
+from .clock import Clock, SystemClock, current_boot_id
 from .config import Config
 from .control import ControlError, ControlServer
 from .hardware import Hardware
@@ -81,14 +80,6 @@ HARD_RESET_FLUSH_S = 2.0
 SHUTDOWN_FLUSH_S = 3.0
 
 Narrator = Callable[[str, str, dict[str, Any]], None]
-
-
-def _boot_id() -> str:
-    """The kernel's id of this boot: it changes when the board restarts, not the daemon."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
 
 
 class RunOutcome(enum.Enum):
@@ -340,7 +331,7 @@ class App:
         """Finish the transactions a previous run left open: the daemon was killed or the
         power was cut while they ran. The meter kept counting meanwhile, so meterStop is what
         it reads now."""
-        boot_id = _boot_id()
+        boot_id = current_boot_id()
         previous = (await self.store.get_all("daemon")).get("boot_id")
         await self.store.put("daemon", "boot_id", boot_id)
         # Same boot of the OS: only the daemon restarted (watchdog, crash, kill) → Reboot.
@@ -1114,6 +1105,9 @@ class App:
 
     def set_parent_id_tag(self, connector_id: int, local_id: int, parent: str | None) -> None:
         self.charger.set_parent_id_tag(connector_id, local_id, parent)
+
+    def clock_set(self) -> None:
+        self.limits_changed()
 
     def configuration_changed(self, key: str) -> None:
         keys = self.keys

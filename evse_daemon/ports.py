@@ -68,6 +68,10 @@ class ChargerPort(Protocol):
     def configuration_changed(self, key: str) -> None:
         """An OCPP configuration value changed; settings that derive from it must follow."""
 
+    def clock_set(self) -> None:
+        """The wall clock was set (from the CSMS's time): what is planned on it (charging
+        schedules) is planned again."""
+
     # Smart charging
 
     def remote_start_profile(

@@ -34,7 +34,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS tx_queue (
     action TEXT NOT NULL,
     local_id INTEGER NOT NULL,
     connector_id INTEGER NOT NULL,
-    payload TEXT NOT NULL
+    payload TEXT NOT NULL,
+    clock TEXT
 );
 CREATE TABLE IF NOT EXISTS transactions (
     local_id INTEGER PRIMARY KEY,
@@ -99,8 +100,33 @@ CREATE TABLE IF NOT EXISTS auth_cache (
 );
 """
 
+
+class QueuedRow(NamedTuple):
+    """One message of the stored transaction-message queue."""
+
+    seq: int
+    action: str
+    local_id: int
+    connector_id: int
+    payload: dict[str, Any]
+    clock: dict[str, Any] | None  # its ClockStamp (JSON), if made before the time was trusted
+
+
 # One stored authorization entry: (id_key, idTag, status, expiryDate or None, parentIdTag).
 AuthRow = tuple[str, str, str, str | None, str | None]
+
+
+# Columns added after a table was first shipped: a database from an older version gets them
+# on open. ``tx_queue.clock``: the ClockStamp (JSON) of a message made before the wall clock
+# was trusted, so that its timestamps can be corrected once it is; NULL otherwise.
+ADDED_COLUMNS = (("tx_queue", "clock", "TEXT"),)
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    for table, column, kind in ADDED_COLUMNS:
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 class Store:
@@ -150,6 +176,7 @@ class Store:
             db.executescript(SCHEMA)
             db.executescript(TX_SCHEMA)
             db.executescript(AUTH_SCHEMA)
+            _add_missing_columns(db)
             db.execute("SELECT count(*) FROM kv").fetchone()
         except sqlite3.DatabaseError:
             db.close()
@@ -230,16 +257,35 @@ class Store:
 
         return await self._run(read)
 
-    async def load_queue(self) -> list[tuple[int, str, int, int, dict[str, Any]]]:
-        """Every queued message, oldest first: (seq, action, local id, connector, payload)."""
+    async def load_queue(self) -> list[QueuedRow]:
+        """Every queued message, oldest first."""
 
-        def read() -> list[tuple[int, str, int, int, dict[str, Any]]]:
+        def read() -> list[QueuedRow]:
             rows = self._conn().execute(
-                "SELECT seq, action, local_id, connector_id, payload FROM tx_queue ORDER BY seq"
+                "SELECT seq, action, local_id, connector_id, payload, clock FROM tx_queue "
+                "ORDER BY seq"
             )
-            return [(seq, a, lid, cid, json.loads(p)) for seq, a, lid, cid, p in rows]
+            return [
+                QueuedRow(seq, a, lid, cid, json.loads(p), json.loads(c) if c else None)
+                for seq, a, lid, cid, p, c in rows
+            ]
 
         return await self._run(read)
+
+    async def rewrite(self, seq: int, payload: dict[str, Any]) -> None:
+        """Replace a queued message's payload (its timestamps corrected) and drop its clock
+        stamp, in one FULL commit: a restart must not correct it a second time."""
+        encoded = json.dumps(payload, separators=(",", ":"), default=str)
+
+        def write() -> None:
+            db = self._conn()
+            with _transaction(db):
+                db.execute(
+                    "UPDATE tx_queue SET payload = ?, clock = NULL WHERE seq = ?", (encoded, seq)
+                )
+            self.writes += 1
+
+        await self._run(write)
 
     async def transactions(self) -> list[dict[str, Any]]:
         """Every transaction whose StopTransaction has not been answered yet."""
@@ -272,10 +318,13 @@ class Store:
         started: dict[str, Any] | None = None,
         stopped: bool = False,
         seq: int | None = None,
+        clock: dict[str, Any] | None = None,
     ) -> int:
         """Queue a message durably; with ``started`` also record the new transaction, with
-        ``stopped`` mark it finished, in the same SQLite transaction."""
+        ``stopped`` mark it finished, in the same SQLite transaction. ``clock`` is the
+        message's ClockStamp (JSON) if it was made before the time was trusted."""
         encoded = json.dumps(payload, separators=(",", ":"), default=str)
+        encoded_clock = None if clock is None else json.dumps(clock, separators=(",", ":"))
 
         def write() -> int:
             db = self._conn()
@@ -305,9 +354,9 @@ class Store:
                 # An explicit seq places a message before others already queued (a sample that
                 # was being sent directly when the link failed).
                 cursor = db.execute(
-                    "INSERT INTO tx_queue (seq, action, local_id, connector_id, payload) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (seq, action, local_id, connector_id, encoded),
+                    "INSERT INTO tx_queue (seq, action, local_id, connector_id, payload, clock) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (seq, action, local_id, connector_id, encoded, encoded_clock),
                 )
             self.writes += 1
             return int(cursor.lastrowid or 0)

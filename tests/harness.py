@@ -20,6 +20,7 @@ from ocpp.v16 import call
 from drivers.mock import MockConnectorHardware
 from evse_daemon.app import App, RunOutcome
 from evse_daemon.bench.csms import BenchCsms, ReceivedMessage
+from evse_daemon.clock import Clock
 from evse_daemon.config import Config, load_config
 from evse_daemon.hardware import Hardware, build_hardware
 
@@ -106,6 +107,12 @@ class Bench:
     task: asyncio.Task[RunOutcome]
     directory: Path
     outcomes: list[RunOutcome] = field(default_factory=list)
+    # Each run of the daemon gets a new clock from this (None: the App's own SystemClock).
+    clock_factory: Callable[[], Clock] | None = None
+
+    def new_app(self) -> App:
+        clock = None if self.clock_factory is None else self.clock_factory()
+        return App(self.config, self.hardware, clock=clock)
 
     def ev(self, connector_id: int = 1) -> MockConnectorHardware:
         bench = self.hardware.connectors[connector_id].bench
@@ -192,14 +199,14 @@ class Bench:
         """Stop this run of the daemon and start a new one on the same drivers."""
         self.app.request_stop()
         self.outcomes.append(await asyncio.wait_for(self.task, 15))
-        self.app = App(self.config, self.hardware)
+        self.app = self.new_app()
         self.task = asyncio.create_task(self.app.run())
 
     async def follow_reset(self) -> RunOutcome:
         """After a Reset: wait for the run to end and start the next one, as `run` does."""
         outcome = await asyncio.wait_for(self.task, 20)
         self.outcomes.append(outcome)
-        self.app = App(self.config, self.hardware)
+        self.app = self.new_app()
         self.task = asyncio.create_task(self.app.run())
         return outcome
 
@@ -219,14 +226,17 @@ async def bench(directory: Path, **kwargs: Any) -> AsyncIterator[Bench]:
         )
         if k in kwargs
     }
+    clock_factory: Callable[[], Clock] | None = kwargs.pop("clock_factory", None)
     csms = BenchCsms(**csms_options)
     url = await csms.start()
     try:
         config = load_config(write_config(directory, url, **kwargs))
         hardware = build_hardware(config)
-        app = App(config, hardware)
+        app = App(config, hardware, clock=None if clock_factory is None else clock_factory())
         task = asyncio.create_task(app.run())
-        test_bench = Bench(csms, config, hardware, app, task, directory)
+        test_bench = Bench(
+            csms, config, hardware, app, task, directory, clock_factory=clock_factory
+        )
         try:
             yield test_bench
         finally:

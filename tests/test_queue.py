@@ -118,3 +118,30 @@ async def test_start_and_stop_are_never_dropped_even_past_the_bound(tmp_path: Pa
         assert len(await store.transactions()) == 8
     finally:
         await store.close()
+
+
+async def test_a_wall_clock_step_never_reorders_the_queue(tmp_path: Path) -> None:
+    """Messages made while the clock is untrusted, with the wall clock stepped back and forth
+    between them, stay in the order they were made (the store's sequence, not timestamps),
+    and each carries the stamp that will correct its timestamps."""
+    store = Store(tmp_path)
+    await store.open()
+    try:
+        clock = FakeClock(T0, trusted=False)
+        adapter = _adapter(store, bound=100)
+        adapter.clock = clock
+        made = []
+        for minute, step_s in enumerate([0.0, -7200.0, 86400.0, -3600.0], start=1):
+            clock.step_wall(step_s)
+            clock.advance(60)
+            message = _meter_values(1, minute)
+            await adapter._enqueue(message)
+            assert message.made is not None
+            made.append(message.made)
+        reloaded = _adapter(store, bound=100)
+        await reloaded.load()
+        assert _minutes(reloaded) == [1, 2, 3, 4]
+        assert [m.made for m in reloaded._tx_queue] == made
+        assert [m.monotonic for m in made] == sorted(m.monotonic for m in made)
+    finally:
+        await store.close()

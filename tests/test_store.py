@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from pathlib import Path
 
 from evse_daemon.store import Store
@@ -34,3 +36,36 @@ async def test_daemon_starts_on_a_corrupted_database(tmp_path: Path) -> None:
         await b.booted()
         assert b.app.store.corrupt_moved_to is not None
         assert list(state.glob("evse.sqlite3.corrupt-*"))
+
+
+async def test_a_queue_from_before_the_clock_column_is_taken_over(tmp_path: Path) -> None:
+    """A database written by a version without ``tx_queue.clock``: opened, it gains the column
+    and its queued messages load with no clock stamp (their timestamps are sent as they are)."""
+    db = sqlite3.connect(tmp_path / "evse.sqlite3")
+    db.execute(
+        "CREATE TABLE tx_queue (seq INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT NOT NULL, "
+        "local_id INTEGER NOT NULL, connector_id INTEGER NOT NULL, payload TEXT NOT NULL)"
+    )
+    db.execute(
+        "INSERT INTO tx_queue (action, local_id, connector_id, payload) VALUES (?, ?, ?, ?)",
+        ("StopTransaction", 4, 1, json.dumps({"meter_stop": 10})),
+    )
+    db.commit()
+    db.close()
+    store = Store(tmp_path)
+    await store.open()
+    try:
+        [row] = await store.load_queue()
+        assert (row.action, row.local_id, row.payload, row.clock) == (
+            "StopTransaction",
+            4,
+            {"meter_stop": 10},
+            None,
+        )
+        made = {"wall": "2023-01-01T00:00:00+00:00", "monotonic": 5.0, "boot": "b"}
+        seq = await store.enqueue("MeterValues", 4, 1, {"meter_value": []}, clock=made)
+        assert (await store.load_queue())[-1].clock == made
+        await store.rewrite(seq, {"meter_value": [1]})
+        assert (await store.load_queue())[-1][4:] == ({"meter_value": [1]}, None)
+    finally:
+        await store.close()

@@ -44,7 +44,7 @@ from drivers.protocols import MeterReading
 
 from ..auth import Authorizer, IdTagInfo, ListEntry, StoredEntry, UpdateStatus
 from ..charger import ErrorCode, StatusChanged, TransactionStarted, TransactionStopped
-from ..clock import Clock, SystemClock, iso_utc
+from ..clock import Clock, ClockStamp, SystemClock, correction, current_boot_id, iso_utc, stamp
 from ..config import OcppSection, StationConfig
 from ..ocpp_keys import ChangeResult, OcppConfiguration
 from ..ports import ChargerPort, ResetKind
@@ -104,6 +104,25 @@ class TxMessage:
     # nothing per sample (storage wear). Start and Stop are always written first.
     durable: bool = True
     queued_at: float = field(default_factory=time.monotonic)
+    # When it was made, if the wall clock was not trusted then: its timestamps are corrected
+    # once the time is known (clock.correction).
+    made: ClockStamp | None = None
+
+
+def shift_timestamps(payload: dict[str, Any], error: timedelta) -> dict[str, Any]:
+    """A copy of a StartTransaction / StopTransaction / MeterValues payload with every
+    timestamp moved by ``error`` (the message's own and its meter values')."""
+
+    def moved(stamp: str) -> str:
+        return iso_utc(datetime.fromisoformat(stamp.replace("Z", "+00:00")) + error)
+
+    shifted = dict(payload)
+    if "timestamp" in shifted:
+        shifted["timestamp"] = moved(shifted["timestamp"])
+    for key in ("meter_value", "transaction_data"):
+        if key in shifted:
+            shifted[key] = [{**v, "timestamp": moved(v["timestamp"])} for v in shifted[key]]
+    return shifted
 
 
 # An expiryDate that cannot be read counts as passed: an authorization must never outlive the
@@ -442,6 +461,7 @@ class OcppAdapter16:
         self.keys = keys
         self.authorizer = authorizer
         self.clock = clock
+        self._boot_id = current_boot_id()
         self._persist_key = persist_key
         self._store = store
         self.max_queued_messages = max_queued_messages
@@ -523,8 +543,13 @@ class OcppAdapter16:
         for row in await self._store.transactions():
             if row["csms_id"] is not None:
                 self._csms_tx_ids[row["local_id"]] = row["csms_id"]
-        for seq, action, local_id, connector_id, payload in await self._store.load_queue():
-            self._tx_queue.append(TxMessage(action, local_id, connector_id, payload, seq=seq))
+        for queued in await self._store.load_queue():
+            made = None if queued.clock is None else ClockStamp.from_json(queued.clock)
+            message = TxMessage(
+                queued.action, queued.local_id, queued.connector_id, queued.payload, made=made
+            )
+            message.seq = queued.seq
+            self._tx_queue.append(message)
         if self._tx_queue:
             log.info("%d transaction messages queued from before", len(self._tx_queue))
             self._tx_idle.clear()
@@ -643,6 +668,7 @@ class OcppAdapter16:
         """Queue a transaction message: on the card first, then in memory for the sender."""
         if message.action == "MeterValues" and len(self._tx_queue) >= self.max_queued_messages:
             await self._thin()
+        message.made = stamp(self.clock, self._boot_id)
         if self._store is not None:
             message.seq = await self._store.enqueue(
                 message.action,
@@ -651,6 +677,7 @@ class OcppAdapter16:
                 message.payload,
                 started=started,
                 stopped=stopped,
+                clock=None if message.made is None else message.made.to_json(),
             )
         self._tx_queue.append(message)
         self._tx_idle.clear()
@@ -902,9 +929,7 @@ class OcppAdapter16:
                 log.warning("BootNotification failed: %s", exc)
                 await asyncio.sleep(self._backoff_s(2))
                 continue
-            moment = _parse_time(conf.current_time)
-            if moment is not None and isinstance(self.clock, SystemClock):
-                self.clock.adjust_to(moment)
+            self._take_csms_time(conf.current_time)
             interval = int(conf.interval)
             self.registration = str(conf.status)
             log.info("BootNotification: %s (interval %s s)", conf.status, interval)
@@ -1025,9 +1050,16 @@ class OcppAdapter16:
         except (TimeoutError, OCPPError) as exc:
             log.warning("Heartbeat failed: %s", exc)
             return
-        moment = _parse_time(conf.current_time)
-        if moment is not None and isinstance(self.clock, SystemClock):
-            self.clock.adjust_to(moment)
+        self._take_csms_time(conf.current_time)
+
+    def _take_csms_time(self, current_time: str) -> None:
+        """The CSMS's currentTime sets the clock until NTP has (a board without an RTC)."""
+        moment = _parse_time(current_time)
+        if moment is None:
+            log.warning("the CSMS's currentTime %r is not a time; ignored", current_time)
+            return
+        if isinstance(self.clock, SystemClock) and self.clock.adjust_to(moment):
+            self.port.clock_set()
 
     # --- transaction messages ---------------------------------------------------------------
 
@@ -1078,6 +1110,7 @@ class OcppAdapter16:
             message.connector_id,
             message.payload,
             seq=min(later) - 1 if later else None,
+            clock=None if message.made is None else message.made.to_json(),
         )
         message.durable = True
 
@@ -1127,7 +1160,36 @@ class OcppAdapter16:
                 log.error("an answered transaction message was not removed from the store: %s", exc)
         self._forgetting = None
 
+    async def _correct_timestamps(self, message: TxMessage) -> None:
+        """A message made before the time was trusted: now that it is, move its timestamps
+        to the true time, durably (once)."""
+        made = message.made
+        if made is None or not self.clock.trusted:
+            return
+        message.made = None
+        error = correction(self.clock, made, self._boot_id)
+        if error is None:
+            if made.boot_id != self._boot_id:
+                log.warning(
+                    "%s for transaction %s was made before a reboot, with the clock not yet "
+                    "synchronized: its timestamps cannot be corrected",
+                    message.action,
+                    message.local_id,
+                )
+            return
+        log.info(
+            "%s for transaction %s: timestamps corrected by %+.3f s (made before the time "
+            "was known)",
+            message.action,
+            message.local_id,
+            error.total_seconds(),
+        )
+        message.payload = shift_timestamps(message.payload, error)
+        if self._store is not None and message.durable and message.seq:
+            await self._store.rewrite(message.seq, message.payload)
+
     async def _deliver(self, link: _Link, message: TxMessage) -> bool:
+        await self._correct_timestamps(message)
         payload = dict(message.payload)
         if message.action != "StartTransaction":
             # -1 where the StartTransaction could never be delivered (errata 3.18).
@@ -1176,7 +1238,9 @@ class OcppAdapter16:
                 next_aligned = None
             else:
                 wall = self.clock.utc_now()
-                if next_aligned is None:
+                if next_aligned is None or (next_aligned - wall).total_seconds() > aligned_s:
+                    # The first round, or the wall clock was set back (the CSMS's time, NTP):
+                    # the next boundary is planned from now, not a boundary hours away.
                     next_aligned = _next_boundary(wall, aligned_s)
                 elif wall >= next_aligned:
                     measurands = self.keys.get_csl("MeterValuesAlignedData")
