@@ -34,6 +34,7 @@ from .charger import (
     ChargerSettings,
     ConnectorSpec,
     ConnectorView,
+    ErrorCode,
     Fault,
     RunRcdSelfTest,
     SetContactor,
@@ -50,6 +51,7 @@ from .control import ControlError, ControlServer
 from .hardware import Hardware
 from .iec61851 import X1_OPEN_UNDER_LOAD_S
 from .limits import ConnectorLimits, LimitDecision, offered_currents, thermal_derating_a
+from .logfields import IdTag, journal_fields
 from .ocpp16.adapter import OcppAdapter16
 from .ocpp_keys import OcppConfiguration
 from .ports import AvailabilityResult, ResetKind, UnlockResult
@@ -578,7 +580,12 @@ class App:
                 )
         except (MeterError, TimeoutError) as exc:
             if self._meter_ok.get(connector_id, True):
-                log.error("connector %d: meter failure: %s", connector_id, exc or "timeout")
+                log.error(
+                    "connector %d: meter failure: %s",
+                    connector_id,
+                    exc or "timeout",
+                    extra=journal_fields(connector=connector_id),
+                )
             self._meter_ok[connector_id] = False
             self.charger.set_fault(connector_id, Fault.METER, True)
             self._apply(self.charger.drain())
@@ -587,7 +594,11 @@ class App:
         self.charger.on_meter(connector_id, reading)
         self._apply(self.charger.drain())
         if not self._meter_ok.get(connector_id, True):
-            log.info("connector %d: meter answers again", connector_id)
+            log.info(
+                "connector %d: meter answers again",
+                connector_id,
+                extra=journal_fields(connector=connector_id),
+            )
             self.charger.set_fault(connector_id, Fault.METER, False)
             self._apply(self.charger.drain())
         self._meter_ok[connector_id] = True
@@ -912,6 +923,13 @@ class App:
 
     async def _forward(self, event: Action) -> None:
         if isinstance(event, StatusChanged):
+            log.info(
+                "connector %d: %s%s",
+                event.connector_id,
+                event.status.value,
+                "" if event.error_code is ErrorCode.NO_ERROR else f" ({event.error_code.value})",
+                extra=journal_fields(connector=event.connector_id),
+            )
             self.narrate(
                 "status",
                 event.status.value,
@@ -924,6 +942,14 @@ class App:
             if reading is not None:
                 self.charger.set_meter_start(event.connector_id, event.local_id, energy)
                 self._apply(self.charger.drain())
+            log.info(
+                "connector %d: transaction %d started for %s, meter %.0f Wh",
+                event.connector_id,
+                event.local_id,
+                IdTag(event.id_tag),
+                energy,
+                extra=journal_fields(connector=event.connector_id, transaction_id=event.local_id),
+            )
             self.narrate(
                 "tx",
                 "started",
@@ -937,6 +963,14 @@ class App:
         elif isinstance(event, TransactionStopped):
             reading = await self._bounding_reading(event)
             energy = self._register_wh(event.connector_id, reading)
+            log.info(
+                "connector %d: transaction %d stopped (%s), meter %.0f Wh",
+                event.connector_id,
+                event.local_id,
+                event.reason.value,
+                energy,
+                extra=journal_fields(connector=event.connector_id, transaction_id=event.local_id),
+            )
             self.narrate(
                 "tx",
                 "stopped",
@@ -957,13 +991,15 @@ class App:
             log.info(
                 "connector %d: authorization of %s expired (ConnectionTimeOut)",
                 event.connector_id,
-                event.id_tag,
+                IdTag(event.id_tag),
+                extra=journal_fields(connector=event.connector_id),
             )
         elif isinstance(event, AvailabilityChanged):
             log.info(
                 "connector %d: now %s",
                 event.connector_id,
                 "operative" if event.operative else "inoperative",
+                extra=journal_fields(connector=event.connector_id),
             )
 
     @staticmethod

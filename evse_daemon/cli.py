@@ -11,21 +11,12 @@ from collections.abc import Sequence
 
 from . import __version__
 from .config import Config, ConfigInvalid, load_config
+from .logfields import IdTagFilter, IdTagPolicy
+from .logsetup import read_id_tag_key, setup_logging
 
 log = logging.getLogger("evse_daemon")
 
 EXIT_CONFIG = 2
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # The ocpp library logs every frame at INFO: far too much for an SD card's journal.
-    logging.getLogger("ocpp").setLevel(max(logging.WARNING, logging.getLogger().level))
-    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _load(path: str) -> Config | None:
@@ -86,6 +77,33 @@ async def run_daemon(config: Config) -> int:
         await hardware.shutdown()
 
 
+def _print_logged_id_tags(config: Config, tags: Sequence[str]) -> int:
+    policy = IdTagPolicy(config.logging.id_tag)
+    key = b""
+    if policy is IdTagPolicy.HASH:
+        # Read only: a key made here, by another user than the daemon's, could lock it out.
+        state_dir = config.storage.state_dir
+        try:
+            found = read_id_tag_key(state_dir)
+        except OSError as exc:
+            print(
+                f"evse-daemon: cannot read the idTag hash key in {state_dir}: {exc.strerror}",
+                file=sys.stderr,
+            )
+            return 1
+        if found is None:
+            print(
+                f"evse-daemon: no idTag hash key in {state_dir} yet (the daemon makes it)",
+                file=sys.stderr,
+            )
+            return 1
+        key = found
+    tag_filter = IdTagFilter(policy, key)
+    for tag in tags:
+        print(tag_filter.render(tag))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="evse-daemon", description="Charge-point daemon for AC EV chargers (OCPP 1.6J)."
@@ -100,6 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo", help="a local CSMS, the daemon on mock drivers, and a narrated charging session"
     )
     demo.add_argument("--speed", type=float, default=1.0, help="time scale (2 = twice as fast)")
+    id_tag_hash = commands.add_parser(
+        "id-tag-hash",
+        help="how the log writes these idTags ([logging] id_tag), to find a card in the journal",
+    )
+    id_tag_hash.add_argument("--config", required=True, help="the TOML configuration file")
+    id_tag_hash.add_argument("tags", nargs="+", metavar="TAG")
     args = parser.parse_args(argv)
 
     if args.command == "check-config":
@@ -114,8 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _load(args.config)
         if config is None:
             return EXIT_CONFIG
-        _setup_logging(config.logging.level)
+        setup_logging(config)
         return asyncio.run(run_daemon(config))
+    if args.command == "id-tag-hash":
+        config = _load(args.config)
+        if config is None:
+            return EXIT_CONFIG
+        return _print_logged_id_tags(config, args.tags)
     if args.command == "demo":
         from .demo import run_demo
 
