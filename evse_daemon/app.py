@@ -234,6 +234,12 @@ class App:
         self._bound_readings: dict[tuple[int, int, bool], asyncio.Future[MeterReading]] = {}
         self.started = asyncio.Event()
         self.safety_alive_at = time.monotonic()
+        # Turns of the safety loop: the systemd watchdog is fed only while this advances.
+        self.safety_ticks = 0
+        # Set while the safety loop may run; cleared by the bench's stall-safety-loop.
+        self._safety_may_run = asyncio.Event()
+        self._safety_may_run.set()
+        self._safety_stall_timer: asyncio.TimerHandle | None = None
         # Smart charging: the installed profiles, the limits last applied, the profiles of
         # accepted RemoteStartTransactions waiting for their transaction (by idTag).
         self.profiles = ProfileSet(ProfileLimits(), [0, *self.charger.connectors])
@@ -499,6 +505,8 @@ class App:
 
     async def _safety_loop(self) -> None:
         while True:
+            if not self._safety_may_run.is_set():
+                await self._safety_may_run.wait()  # bench: evsectl debug stall-safety-loop
             for connector_id in self.charger.connectors:
                 self._read_inputs(connector_id)
             now = time.monotonic()
@@ -508,7 +516,25 @@ class App:
             self.charger.tick()
             self._apply(self.charger.drain())
             self.safety_alive_at = now
+            self.safety_ticks += 1
             await asyncio.sleep(SAFETY_INTERVAL_S)
+
+    def stall_safety_loop(self, seconds: float) -> None:
+        """Bench: hold the safety loop for ``seconds`` (0: let it go now) while the rest of
+        the daemon runs on, as an await on a hung driver would. The systemd watchdog then
+        goes unfed; drivers' listeners still reach the controller meanwhile."""
+        if self._safety_stall_timer is not None:
+            self._safety_stall_timer.cancel()
+            self._safety_stall_timer = None
+        if seconds <= 0:
+            log.warning("safety loop released")
+            self._safety_may_run.set()
+            return
+        log.warning("safety loop stalled for %.1f s on request (bench)", seconds)
+        self._safety_may_run.clear()
+        self._safety_stall_timer = asyncio.get_running_loop().call_later(
+            seconds, self._safety_may_run.set
+        )
 
     def _check_temperatures(self) -> None:
         derating_changed = False
@@ -1189,6 +1215,11 @@ class App:
             if self.hardware.bench_reader is None:
                 raise ControlError('swipe needs the mock card reader ([rfid] driver = "mock")')
             self.hardware.bench_reader.swipe(str(request["tag"]))
+            return None
+        if command == "debug":  # only stall-safety-loop so far
+            if not self.config.is_bench:
+                raise ControlError("debug is a bench command: this daemon runs real drivers")
+            self.stall_safety_loop(float(request["seconds"]))
             return None
         connector_id = int(request["connector"])
         if command in ("fault", "clear") and request["kind"] == "reader":

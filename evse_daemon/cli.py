@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -31,6 +33,7 @@ def _load(path: str) -> Config | None:
 async def run_daemon(config: Config) -> int:
     from .app import App, RunOutcome
     from .hardware import UnsupportedDriver, build_hardware
+    from .service import Notifier, Supervisor, watchdog_interval_s
 
     try:
         hardware = build_hardware(config)
@@ -39,9 +42,17 @@ async def run_daemon(config: Config) -> int:
         return 1
     loop = asyncio.get_running_loop()
     current: list[App] = []
+    # systemd: READY=1, STATUS=, WATCHDOG=1 and STOPPING=1 (nothing outside systemd).
+    supervisor = Supervisor(
+        Notifier.from_environment(),
+        lambda: current[0] if current else None,
+        watchdog_interval_s=watchdog_interval_s(os.environ, os.getpid()),
+    )
+    supervision = asyncio.create_task(supervisor.run())
 
     def on_signal() -> None:
         log.info("SIGTERM/SIGINT: stopping")
+        supervisor.stopping("stop requested")
         stopping.set()
         if current:
             current[0].request_stop()
@@ -50,6 +61,7 @@ async def run_daemon(config: Config) -> int:
         # SIGPWR: a UPS or backup-power monitor says the mains is failing. The transactions
         # are stopped with reason PowerLoss while the backup lasts, then the daemon exits.
         log.warning("SIGPWR: power failing: stopping every transaction (PowerLoss)")
+        supervisor.stopping("SIGPWR, power failing")
         stopping.set()
         if current:
             current[0].request_stop(RunOutcome.POWER_LOSS)
@@ -74,7 +86,12 @@ async def run_daemon(config: Config) -> int:
             if reloaded is not None:
                 config = reloaded
     finally:
+        supervisor.stopping("exiting")
         await hardware.shutdown()
+        supervision.cancel()
+        # A supervisor that failed has said so in the log already.
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await supervision
 
 
 def _print_logged_id_tags(config: Config, tags: Sequence[str]) -> int:
