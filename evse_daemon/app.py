@@ -33,6 +33,7 @@ from .charger import (
     ChargerSettings,
     ConnectorSpec,
     ConnectorView,
+    ErrorCode,
     Fault,
     RunRcdSelfTest,
     SetContactor,
@@ -49,6 +50,7 @@ from .control import ControlError, ControlServer
 from .hardware import Hardware
 from .iec61851 import X1_OPEN_UNDER_LOAD_S
 from .limits import ConnectorLimits, LimitDecision, offered_currents, thermal_derating_a
+from .logfields import IdTag, journal_fields
 from .ocpp16.adapter import OcppAdapter16
 from .ocpp_keys import OcppConfiguration
 from .ports import AvailabilityResult, ResetKind, UnlockResult
@@ -223,6 +225,12 @@ class App:
         self._bound_readings: dict[tuple[int, int, bool], asyncio.Future[MeterReading]] = {}
         self.started = asyncio.Event()
         self.safety_alive_at = time.monotonic()
+        # Turns of the safety loop: the systemd watchdog is fed only while this advances.
+        self.safety_ticks = 0
+        # Set while the safety loop may run; cleared by the bench's stall-safety-loop.
+        self._safety_may_run = asyncio.Event()
+        self._safety_may_run.set()
+        self._safety_stall_timer: asyncio.TimerHandle | None = None
         # Smart charging: the installed profiles, the limits last applied, the profiles of
         # accepted RemoteStartTransactions waiting for their transaction (by idTag).
         self.profiles = ProfileSet(ProfileLimits(), [0, *self.charger.connectors])
@@ -488,6 +496,8 @@ class App:
 
     async def _safety_loop(self) -> None:
         while True:
+            if not self._safety_may_run.is_set():
+                await self._safety_may_run.wait()  # bench: evsectl debug stall-safety-loop
             for connector_id in self.charger.connectors:
                 self._read_inputs(connector_id)
             now = time.monotonic()
@@ -497,7 +507,25 @@ class App:
             self.charger.tick()
             self._apply(self.charger.drain())
             self.safety_alive_at = now
+            self.safety_ticks += 1
             await asyncio.sleep(SAFETY_INTERVAL_S)
+
+    def stall_safety_loop(self, seconds: float) -> None:
+        """Bench: hold the safety loop for ``seconds`` (0: let it go now) while the rest of
+        the daemon runs on, as an await on a hung driver would. The systemd watchdog then
+        goes unfed; drivers' listeners still reach the controller meanwhile."""
+        if self._safety_stall_timer is not None:
+            self._safety_stall_timer.cancel()
+            self._safety_stall_timer = None
+        if seconds <= 0:
+            log.warning("safety loop released")
+            self._safety_may_run.set()
+            return
+        log.warning("safety loop stalled for %.1f s on request (bench)", seconds)
+        self._safety_may_run.clear()
+        self._safety_stall_timer = asyncio.get_running_loop().call_later(
+            seconds, self._safety_may_run.set
+        )
 
     def _check_temperatures(self) -> None:
         derating_changed = False
@@ -569,7 +597,12 @@ class App:
                 )
         except (MeterError, TimeoutError) as exc:
             if self._meter_ok.get(connector_id, True):
-                log.error("connector %d: meter failure: %s", connector_id, exc or "timeout")
+                log.error(
+                    "connector %d: meter failure: %s",
+                    connector_id,
+                    exc or "timeout",
+                    extra=journal_fields(connector=connector_id),
+                )
             self._meter_ok[connector_id] = False
             self.charger.set_fault(connector_id, Fault.METER, True)
             self._apply(self.charger.drain())
@@ -578,7 +611,11 @@ class App:
         self.charger.on_meter(connector_id, reading)
         self._apply(self.charger.drain())
         if not self._meter_ok.get(connector_id, True):
-            log.info("connector %d: meter answers again", connector_id)
+            log.info(
+                "connector %d: meter answers again",
+                connector_id,
+                extra=journal_fields(connector=connector_id),
+            )
             self.charger.set_fault(connector_id, Fault.METER, False)
             self._apply(self.charger.drain())
         self._meter_ok[connector_id] = True
@@ -903,6 +940,13 @@ class App:
 
     async def _forward(self, event: Action) -> None:
         if isinstance(event, StatusChanged):
+            log.info(
+                "connector %d: %s%s",
+                event.connector_id,
+                event.status.value,
+                "" if event.error_code is ErrorCode.NO_ERROR else f" ({event.error_code.value})",
+                extra=journal_fields(connector=event.connector_id),
+            )
             self.narrate(
                 "status",
                 event.status.value,
@@ -915,6 +959,14 @@ class App:
             if reading is not None:
                 self.charger.set_meter_start(event.connector_id, event.local_id, energy)
                 self._apply(self.charger.drain())
+            log.info(
+                "connector %d: transaction %d started for %s, meter %.0f Wh",
+                event.connector_id,
+                event.local_id,
+                IdTag(event.id_tag),
+                energy,
+                extra=journal_fields(connector=event.connector_id, transaction_id=event.local_id),
+            )
             self.narrate(
                 "tx",
                 "started",
@@ -928,6 +980,14 @@ class App:
         elif isinstance(event, TransactionStopped):
             reading = await self._bounding_reading(event)
             energy = self._register_wh(event.connector_id, reading)
+            log.info(
+                "connector %d: transaction %d stopped (%s), meter %.0f Wh",
+                event.connector_id,
+                event.local_id,
+                event.reason.value,
+                energy,
+                extra=journal_fields(connector=event.connector_id, transaction_id=event.local_id),
+            )
             self.narrate(
                 "tx",
                 "stopped",
@@ -948,13 +1008,15 @@ class App:
             log.info(
                 "connector %d: authorization of %s expired (ConnectionTimeOut)",
                 event.connector_id,
-                event.id_tag,
+                IdTag(event.id_tag),
+                extra=journal_fields(connector=event.connector_id),
             )
         elif isinstance(event, AvailabilityChanged):
             log.info(
                 "connector %d: now %s",
                 event.connector_id,
                 "operative" if event.operative else "inoperative",
+                extra=journal_fields(connector=event.connector_id),
             )
 
     @staticmethod
@@ -1147,6 +1209,11 @@ class App:
             if self.hardware.bench_reader is None:
                 raise ControlError('swipe needs the mock card reader ([rfid] driver = "mock")')
             self.hardware.bench_reader.swipe(str(request["tag"]))
+            return None
+        if command == "debug":  # only stall-safety-loop so far
+            if not self.config.is_bench:
+                raise ControlError("debug is a bench command: this daemon runs real drivers")
+            self.stall_safety_loop(float(request["seconds"]))
             return None
         connector_id = int(request["connector"])
         if command in ("fault", "clear") and request["kind"] == "reader":

@@ -32,6 +32,7 @@ from .iec61851 import (
     X1_OPEN_UNDER_LOAD_S,
     duty_percent_for_current,
 )
+from .logfields import IdTag
 
 log = logging.getLogger(__name__)
 
@@ -953,7 +954,7 @@ class Charger:
             (c.tx is not None and c.tx.parent_id_tag) or (c.held_for and c.held_for[1])
             for c in self.connectors.values()
         ):
-            log.info("card %s ignored: no connector is free", id_tag)
+            log.info("card %s ignored: no connector is free", IdTag(id_tag))
             return CardDecision.IGNORED
         return CardDecision.AUTHORIZE
 
@@ -962,7 +963,7 @@ class Charger:
     ) -> int | None:
         """The outcome of authorizing a presented card; returns the connector it applies to."""
         if not accepted:
-            log.info("card %s not authorized", id_tag)
+            log.info("card %s not authorized", IdTag(id_tag))
             return None
         if parent_id_tag:
             for connector in self.connectors.values():
@@ -982,7 +983,7 @@ class Charger:
                     return connector.connector_id
         target = self._connector_for_card()
         if target is None:
-            log.info("card %s authorized but no connector is free", id_tag)
+            log.info("card %s authorized but no connector is free", IdTag(id_tag))
             return None
         target.authorize(id_tag, remote=False, parent_id_tag=parent_id_tag)
         self._reconcile()

@@ -4,28 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 
 from . import __version__
 from .config import Config, ConfigInvalid, load_config
+from .logfields import IdTagFilter, IdTagPolicy
+from .logsetup import read_id_tag_key, setup_logging
 
 log = logging.getLogger("evse_daemon")
 
 EXIT_CONFIG = 2
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # The ocpp library logs every frame at INFO: far too much for an SD card's journal.
-    logging.getLogger("ocpp").setLevel(max(logging.WARNING, logging.getLogger().level))
-    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _load(path: str) -> Config | None:
@@ -40,6 +33,7 @@ def _load(path: str) -> Config | None:
 async def run_daemon(config: Config) -> int:
     from .app import App, RunOutcome
     from .hardware import UnsupportedDriver, build_hardware
+    from .service import Notifier, Supervisor, watchdog_interval_s
 
     try:
         hardware = build_hardware(config)
@@ -48,9 +42,17 @@ async def run_daemon(config: Config) -> int:
         return 1
     loop = asyncio.get_running_loop()
     current: list[App] = []
+    # systemd: READY=1, STATUS=, WATCHDOG=1 and STOPPING=1 (nothing outside systemd).
+    supervisor = Supervisor(
+        Notifier.from_environment(),
+        lambda: current[0] if current else None,
+        watchdog_interval_s=watchdog_interval_s(os.environ, os.getpid()),
+    )
+    supervision = asyncio.create_task(supervisor.run())
 
     def on_signal() -> None:
         log.info("SIGTERM/SIGINT: stopping")
+        supervisor.stopping("stop requested")
         stopping.set()
         if current:
             current[0].request_stop()
@@ -59,6 +61,7 @@ async def run_daemon(config: Config) -> int:
         # SIGPWR: a UPS or backup-power monitor says the mains is failing. The transactions
         # are stopped with reason PowerLoss while the backup lasts, then the daemon exits.
         log.warning("SIGPWR: power failing: stopping every transaction (PowerLoss)")
+        supervisor.stopping("SIGPWR, power failing")
         stopping.set()
         if current:
             current[0].request_stop(RunOutcome.POWER_LOSS)
@@ -83,7 +86,39 @@ async def run_daemon(config: Config) -> int:
             if reloaded is not None:
                 config = reloaded
     finally:
+        supervisor.stopping("exiting")
         await hardware.shutdown()
+        supervision.cancel()
+        # A supervisor that failed has said so in the log already.
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await supervision
+
+
+def _print_logged_id_tags(config: Config, tags: Sequence[str]) -> int:
+    policy = IdTagPolicy(config.logging.id_tag)
+    key = b""
+    if policy is IdTagPolicy.HASH:
+        # Read only: a key made here, by another user than the daemon's, could lock it out.
+        state_dir = config.storage.state_dir
+        try:
+            found = read_id_tag_key(state_dir)
+        except OSError as exc:
+            print(
+                f"evse-daemon: cannot read the idTag hash key in {state_dir}: {exc.strerror}",
+                file=sys.stderr,
+            )
+            return 1
+        if found is None:
+            print(
+                f"evse-daemon: no idTag hash key in {state_dir} yet (the daemon makes it)",
+                file=sys.stderr,
+            )
+            return 1
+        key = found
+    tag_filter = IdTagFilter(policy, key)
+    for tag in tags:
+        print(tag_filter.render(tag))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,6 +135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo", help="a local CSMS, the daemon on mock drivers, and a narrated charging session"
     )
     demo.add_argument("--speed", type=float, default=1.0, help="time scale (2 = twice as fast)")
+    id_tag_hash = commands.add_parser(
+        "id-tag-hash",
+        help="how the log writes these idTags ([logging] id_tag), to find a card in the journal",
+    )
+    id_tag_hash.add_argument("--config", required=True, help="the TOML configuration file")
+    id_tag_hash.add_argument("tags", nargs="+", metavar="TAG")
     args = parser.parse_args(argv)
 
     if args.command == "check-config":
@@ -114,8 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _load(args.config)
         if config is None:
             return EXIT_CONFIG
-        _setup_logging(config.logging.level)
+        setup_logging(config)
         return asyncio.run(run_daemon(config))
+    if args.command == "id-tag-hash":
+        config = _load(args.config)
+        if config is None:
+            return EXIT_CONFIG
+        return _print_logged_id_tags(config, args.tags)
     if args.command == "demo":
         from .demo import run_demo
 

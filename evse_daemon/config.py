@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import tomli
 
 from evse_daemon import ocpp_keys
+from evse_daemon.logfields import IdTagPolicy
 
 __all__ = (
     "DRIVER_SCHEMAS",
@@ -145,6 +146,9 @@ class ControlConfig:
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "INFO"
+    # How idTags appear in the log: "clear", "hash" (keyed with a per-install key: the same
+    # card gives the same hash on this charger, the tag cannot be recovered) or "masked".
+    id_tag: str = "hash"
 
 
 @dataclass(frozen=True, slots=True)
@@ -613,6 +617,7 @@ _TOP_LEVEL_KEYS = (
     "connector",
 )
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_ID_TAG_POLICIES = tuple(policy.value for policy in IdTagPolicy)
 _OCPP_VERSIONS_LATER = ("2.0.1",)
 # OCPP keys that mirror an [ocpp] setting; writing them in [ocpp.config] would give two sources.
 _OCPP_KEYS_FROM_SECTION = MappingProxyType(
@@ -1263,15 +1268,22 @@ def _logging(chk: _Checker, data: Mapping[str, object]) -> LoggingConfig | None:
         return None if "logging" in data else LoggingConfig()
     path: KeyPath = ("logging",)
     mark = chk.mark()
-    chk.unknown_keys(table, path, ("level",))
+    chk.unknown_keys(table, path, ("level", "id_tag"))
     level = chk.string(table, path, "level")
     if level is not None and level.upper() not in _LOG_LEVELS:
         chk.error(
             (*path, "level"), f"must be {_choices_text(_LOG_LEVELS)}, got {json.dumps(level)}"
         )
+    id_tag = None
+    if "id_tag" in table:
+        id_tag = chk.check_string((*path, "id_tag"), table["id_tag"], choices=_ID_TAG_POLICIES)
     if chk.failed_since(mark):
         return None
-    return LoggingConfig() if level is None else LoggingConfig(level.upper())
+    defaults = LoggingConfig()
+    return LoggingConfig(
+        level.upper() if level is not None else defaults.level,
+        id_tag if id_tag is not None else defaults.id_tag,
+    )
 
 
 _CONNECTOR_KEYS = (

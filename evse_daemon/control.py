@@ -148,6 +148,24 @@ def _validate_bringup(req: dict[str, Any]) -> dict[str, Any]:
     return req
 
 
+_DEBUG_ACTIONS = frozenset({"stall-safety-loop"})
+#: The longest a bench may stall the safety loop; 0 releases it.
+MAX_STALL_S = 600
+
+
+def _validate_debug(req: dict[str, Any]) -> dict[str, Any]:
+    if req.get("what") not in _DEBUG_ACTIONS:
+        raise ControlError(f"'what' must be one of {', '.join(sorted(_DEBUG_ACTIONS))}")
+    seconds = req.get("seconds")
+    if (
+        not isinstance(seconds, int | float)
+        or isinstance(seconds, bool)
+        or not 0 <= seconds <= MAX_STALL_S
+    ):
+        raise ControlError(f"'seconds' must be a number of seconds between 0 and {MAX_STALL_S}")
+    return req
+
+
 def _validate_nothing(req: dict[str, Any]) -> dict[str, Any]:
     return req
 
@@ -166,6 +184,7 @@ KNOWN_COMMANDS: Mapping[str, _Validator] = MappingProxyType(
         "fault": _validate_fault,
         "clear": _validate_fault,
         "bringup": _validate_bringup,
+        "debug": _validate_debug,
     }
 )
 

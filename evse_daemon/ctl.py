@@ -45,6 +45,16 @@ def _ev_state(text: str) -> str:
     raise argparse.ArgumentTypeError(f"state must be one of A-F or auto, got {text!r}")
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seconds must be a number, got {text!r}") from None
+    if not 0 <= value <= 600:
+        raise argparse.ArgumentTypeError(f"seconds must be between 0 and 600, got {text}")
+    return value
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evsectl",
@@ -103,6 +113,14 @@ def _build_parser() -> argparse.ArgumentParser:
         dest="wait_s",
         help="rfid: how long to wait for a card (default 15)",
     )
+    p = sub.add_parser("debug", help="bench: debugging aids (refused on real drivers)")
+    debug = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    p = debug.add_parser(
+        "stall-safety-loop",
+        help="hold the safety loop for SECONDS (0: release it) while the rest runs on; "
+        "under systemd the watchdog then goes unfed and the daemon is restarted",
+    )
+    p.add_argument("seconds", metavar="SECONDS", type=_seconds)
     return parser
 
 
@@ -143,7 +161,7 @@ def _socket_path(args: argparse.Namespace) -> str:
 
 def _request_for(args: argparse.Namespace) -> dict[str, Any]:
     req: dict[str, Any] = {"cmd": args.cmd}
-    for field in ("connector", "state", "tag", "kind", "part", "wait_s"):
+    for field in ("connector", "state", "tag", "kind", "part", "wait_s", "what", "seconds"):
         if getattr(args, field, None) is not None:
             req[field] = getattr(args, field)
     return req

@@ -251,9 +251,9 @@ async def bench(directory: Path, **kwargs: Any) -> AsyncIterator[Bench]:
 class DaemonProcess:
     """``evse-daemon run --config FILE`` as a subprocess."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, *, env: Mapping[str, str] | None = None) -> None:
         self.config_path = config_path
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.log_path = config_path.with_suffix(".log")
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(

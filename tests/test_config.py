@@ -846,6 +846,17 @@ def test_logging_level_is_case_insensitive() -> None:
     assert parse_config(text).logging.level == "WARNING"
 
 
+def test_logging_id_tag_policy() -> None:
+    assert parse_config(HEAD + connector()).logging.id_tag == "hash"  # private by default
+    text = HEAD + connector() + '[logging]\nid_tag = "masked"\n'
+    assert parse_config(text).logging.id_tag == "masked"
+    text = HEAD + connector() + '[logging]\nid_tag = "plain"\n'
+    assert single_error(text) == (
+        f"evse.toml:{line_of(text, 'id_tag')}: logging.id_tag: "
+        'must be "clear", "hash" or "masked", got "plain"'
+    )
+
+
 def test_control_socket_path_must_fit_a_unix_socket_address() -> None:
     text = HEAD + connector() + '[control]\nsocket = "/run/' + "s" * 103 + '"\n'
     assert single_error(text) == (

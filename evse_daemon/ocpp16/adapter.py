@@ -46,6 +46,7 @@ from ..auth import Authorizer, IdTagInfo, ListEntry, StoredEntry, UpdateStatus
 from ..charger import ErrorCode, StatusChanged, TransactionStarted, TransactionStopped
 from ..clock import Clock, ClockStamp, SystemClock, correction, current_boot_id, iso_utc, stamp
 from ..config import OcppSection, StationConfig
+from ..logfields import IdTag
 from ..ocpp_keys import ChangeResult, OcppConfiguration
 from ..ports import ChargerPort, ResetKind
 from ..profiles import (
@@ -204,7 +205,7 @@ def _log_cache_write(done: asyncio.Future[None], id_tag: str) -> None:
     exc = done.exception()
     if exc is not None:
         # The cache in memory is right for this run; only a restart would forget the entry.
-        log.error("authorization cache entry for %s not stored: %s", id_tag, exc)
+        log.error("authorization cache entry for %s not stored: %s", IdTag(id_tag), exc)
 
 
 def _auth_row(entry: StoredEntry) -> AuthRow:
@@ -695,7 +696,7 @@ class OcppAdapter16:
         try:
             result = await self._call(link, call.Authorize(id_tag=id_tag))
         except (TimeoutError, OCPPError, ConnectionClosed) as exc:
-            log.warning("Authorize for %s failed: %s", id_tag, exc)
+            log.warning("Authorize for %s failed: %s", IdTag(id_tag), exc)
             return None
         info = _idtag_info(result.id_tag_info) or IdTagInfo("Invalid")
         self.id_tag_info_received(id_tag, info)
@@ -809,7 +810,7 @@ class OcppAdapter16:
                 _auth_row(update.entry), update.seq, list(update.evicted)
             )
         except RuntimeError as exc:  # the store is already closed (shutting down)
-            log.warning("authorization cache entry for %s not stored: %s", id_tag, exc)
+            log.warning("authorization cache entry for %s not stored: %s", IdTag(id_tag), exc)
             return
         written.add_done_callback(lambda done: _log_cache_write(done, id_tag))
 
@@ -1355,7 +1356,7 @@ class OcppAdapter16:
         if decision.accepted:
             self.port.remote_start(connector_id, id_tag, decision.parent_id_tag)
         else:
-            log.info("remote start for %s not authorized: %s", id_tag, decision.status)
+            log.info("remote start for %s not authorized: %s", IdTag(id_tag), decision.status)
 
     async def set_charging_profile(self, connector_id: int, profile: ChargingProfile) -> str:
         if connector_id != 0 and connector_id not in self.port.connector_ids:
