@@ -200,3 +200,15 @@ class ProximitySensor(Protocol):
 
     def shutdown(self) -> None:
         """Release the hardware."""
+
+
+@runtime_checkable
+class HardwareWatchdog(Protocol):
+    """The input of a hardware watchdog (charge pump, retriggerable monostable) that enables
+    the contactor coil only while it keeps being toggled."""
+
+    def toggle(self) -> None:
+        """One edge: called by the safety loop on every turn, and only by it."""
+
+    def shutdown(self) -> None:
+        """Stop toggling for good (the coil drops) and release the hardware."""

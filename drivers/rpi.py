@@ -293,6 +293,19 @@ class ContactorWiring:
 
 
 @dataclass(frozen=True, slots=True)
+class WatchdogWiring:
+    """The GPIO that keeps a hardware watchdog on the contactor coil alive (a charge pump or a
+    retriggerable monostable: the coil driver is enabled only while this output toggles).
+
+    - ``gpio``: BCM number of the output. The safety loop toggles it on every turn (every
+      50 ms: a 10 Hz square wave); the hardware must drop the coil within a few hundred ms of
+      the toggling stopping, whatever level the output is left at.
+    """
+
+    gpio: int
+
+
+@dataclass(frozen=True, slots=True)
 class LockWiring:
     """A socket's cable-lock motor on an H-bridge, with a position switch.
 
@@ -995,6 +1008,34 @@ class GpioLock:
     async def shutdown(self) -> None:
         """``close``, as the LockDriver protocol's awaitable shutdown."""
         self.close()
+
+
+# ------------------------------------------------------------------------- watchdog
+
+
+class GpioWatchdogToggle:
+    """HardwareWatchdog: a GPIO output toggled by the safety loop (see ``WatchdogWiring``).
+    Starts low; ``shutdown`` leaves it low and released, so the coil drops."""
+
+    def __init__(self, wiring: WatchdogWiring, *, pin_factory: Any = None) -> None:
+        self._output = _output(wiring.gpio, active_high=True, pin_factory=pin_factory)
+        self._level = False
+        self._closed = False
+
+    def toggle(self) -> None:
+        if self._closed:
+            return
+        self._level = not self._level
+        self._output.value = self._level
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._output.off()
+        finally:
+            self._output.close()
 
 
 # ------------------------------------------------------------------------------ RCD

@@ -506,6 +506,11 @@ class App:
                 self._check_temperatures()
             self.charger.tick()
             self._apply(self.charger.drain())
+            # The hardware watchdog's edge comes from here and nowhere else: if this loop
+            # hangs, the coil drops by itself, whatever the contactor's GPIO says.
+            for hw in self.hardware.connectors.values():
+                if hw.watchdog is not None:
+                    hw.watchdog.toggle()
             self.safety_alive_at = now
             self.safety_ticks += 1
             await asyncio.sleep(SAFETY_INTERVAL_S)

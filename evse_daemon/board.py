@@ -40,6 +40,7 @@ from drivers.rpi import (
     ProximityWiring,
     RcdWiring,
     TemperatureWiring,
+    WatchdogWiring,
 )
 
 from .config import BOARDS_DIR
@@ -52,6 +53,7 @@ WIRING_CLASSES: Mapping[str, type[Any]] = types.MappingProxyType(
         "lock": LockWiring,
         "rcd": RcdWiring,
         "temperature": TemperatureWiring,
+        "watchdog": WatchdogWiring,
     }
 )
 

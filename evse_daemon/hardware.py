@@ -15,6 +15,7 @@ from drivers.protocols import (
     CardReader,
     ContactorDriver,
     EnergyMeter,
+    HardwareWatchdog,
     LockDriver,
     PilotDriver,
     ProximitySensor,
@@ -40,6 +41,8 @@ class ConnectorHardware:
     temperature: TemperatureSensor | None = None
     # The cable's rating from the proximity pilot (a socket; None: none wired).
     proximity: ProximitySensor | None = None
+    # A hardware watchdog on the contactor coil, toggled by the safety loop (None: none wired).
+    watchdog: HardwareWatchdog | None = None
     # The simulation behind mock drivers, for bench commands; None on real hardware.
     bench: MockConnectorHardware | None = None
     drivers: dict[str, str] = field(default_factory=dict)
@@ -68,7 +71,8 @@ class Hardware:
     async def shutdown(self) -> None:
         self.safe_state()
         for hw in self.connectors.values():
-            for sync_part in (hw.contactor, hw.pilot, hw.rcd, hw.temperature, hw.proximity):
+            sync_parts = (hw.contactor, hw.pilot, hw.rcd, hw.temperature, hw.proximity, hw.watchdog)
+            for sync_part in sync_parts:
                 if sync_part is not None:
                     with contextlib.suppress(Exception):
                         sync_part.shutdown()
@@ -202,6 +206,7 @@ class _Builder:
             "rcd": rpi.GpioRcd,
             "temperature": rpi.AdcTemperature,
             "proximity": rpi.ProximityPilot,
+            "watchdog": rpi.GpioWatchdogToggle,
         }
         return self._keep(
             classes[part](self.wiring(connector, part), pin_factory=self.access.pin_factory)
@@ -233,9 +238,13 @@ class _Builder:
             return self.gpio_part(connector, name)
 
         board = self.config.board
-        proximity = None
+        # Parts the board has whatever the config names: the PP input of a socket, and the
+        # watchdog without whose toggling the contactor never closes.
+        proximity = watchdog = None
         if board is not None and board.board.wiring(connector.id, "proximity") is not None:
             proximity = self.gpio_part(connector, "proximity")
+        if board is not None and board.board.wiring(connector.id, "watchdog") is not None:
+            watchdog = self.gpio_part(connector, "watchdog")
         return ConnectorHardware(
             pilot=self.pilot(connector, sim),
             contactor=part_or_mock("contactor", sim.contactor if sim else None),
@@ -244,6 +253,7 @@ class _Builder:
             rcd=part_or_mock("rcd", sim.rcd if sim else None),
             temperature=part_or_mock("temperature", sim.temperature if sim else None),
             proximity=proximity,
+            watchdog=watchdog,
             bench=None,
             drivers=drivers,
         )

@@ -44,6 +44,7 @@ from drivers.rpi import (
     ProximityWiring,
     RcdWiring,
     TemperatureWiring,
+    WatchdogWiring,
 )
 from evse_daemon.app import App
 from evse_daemon.bench.csms import BenchCsms, ReceivedMessage
@@ -85,6 +86,8 @@ TICK_S = 0.2
 POWER_W = 11_040.0
 
 WAIT_S = 10.0
+# The reference board's charge pump keeps the coil driver enabled this long after an edge.
+PUMP_HOLD_S = 0.3
 
 
 # ------------------------------------------------------------------------ the world
@@ -120,6 +123,11 @@ class Plant:
         self.wants_energy = True
         self.cable_ohm = CABLE_OHM
         self.adc = EmulatedMcp3008(factory, self._adc_source, vref_v=pilot.adc_vref_v)
+
+        # the charge pump enabling the coil driver: alive while its input keeps toggling
+        self.watchdog = wiring(board, "watchdog", WatchdogWiring)
+        self.toggles: list[float] = []
+        self.watchdog_pin = hooked_pin(factory, self.watchdog.gpio, self._watchdog_edge)
 
         # contactor
         self.welded = False
@@ -208,8 +216,21 @@ class Plant:
         self.log("relay on" if self.relay_on else "relay off")
         self._apply_contacts()
 
+    def _watchdog_edge(self, _level: bool) -> None:
+        self.toggles.append(time.monotonic())
+        self._apply_contacts()
+
+    def pump_alive(self) -> bool:
+        """The coil driver is enabled: the watchdog input toggled within PUMP_HOLD_S."""
+        return bool(self.toggles) and time.monotonic() - self.toggles[-1] < PUMP_HOLD_S
+
+    def check_pump(self) -> None:
+        if self.contacts_closed and not self.pump_alive():
+            self.log("charge pump dropped the coil")
+            self._apply_contacts()
+
     def _apply_contacts(self) -> None:
-        if self.relay_on and not self.stuck_open:
+        if self.relay_on and self.pump_alive() and not self.stuck_open:
             self.contacts_closed = True
         elif not self.welded:
             self.contacts_closed = False
@@ -501,6 +522,7 @@ async def _drive_ev(plant: Plant) -> None:
     last_duty = None
     while True:
         plant.ev_step()
+        plant.check_pump()
         duty = plant.duty_ns()
         if duty != last_duty:
             plant.log(f"duty {duty}")
@@ -731,11 +753,13 @@ async def test_contactor_weld(tmp_path: Path, gpio_factory: MockFactory) -> None
         assert faulted.payload.get("info") == "contactor welded"
         stop = await r.csms.wait_for("StopTransaction", after=mark)
         assert stop.payload["meterStop"] >= START_WH
+
         # State F, then x1 (the EV stays visible) while the contacts stay welded.
-        await r.wait_until(lambda: p.duty_ns() == PERIOD_NS, "x1 after state F")
-        t_f = p.when("duty 0", t_stop)
-        assert t_f is not None, "state F after the weld"
-        assert p.when(f"duty {PERIOD_NS}", t_f) is not None
+        def f_then_x1() -> bool:
+            t_f = p.when("duty 0", t_stop)
+            return t_f is not None and p.when(f"duty {PERIOD_NS}", t_f) is not None
+
+        await r.wait_until(f_then_x1, "state F, then x1")
         assert p.aux_closed() and not p.relay_on
 
         # The contacts come free: the fault clears.
@@ -1104,3 +1128,28 @@ async def test_a_start_up_that_fails_half_way_releases_every_part(
     finally:
         adc.close()
         kernel.stop()
+
+
+async def test_a_hung_safety_loop_drops_the_contactor_through_the_hardware_watchdog(
+    tmp_path: Path, gpio_factory: MockFactory
+) -> None:
+    """The safety loop toggles the charge pump's GPIO on every turn. Hung (here: held by the
+    bench's stall, the rest of the daemon running on), it stops toggling and the board's
+    charge pump drops the coil, although the relay output still says closed. Released, the
+    toggling resumes and the session goes on."""
+    async with rig(tmp_path, gpio_factory) as r:
+        p = r.plant
+        await r.start_charging()
+        toggling_at = len(p.toggles)
+        await r.wait_until(lambda: len(p.toggles) >= toggling_at + 10, "the pump toggled")
+        r.app.stall_safety_loop(1.5)
+        t_stall = time.monotonic()
+        await r.wait_until(lambda: not p.contacts_closed, "the coil dropped", timeout_s=1.4)
+        assert p.relay_on, "the software did not open it: the hardware did"
+        t_drop = p.when("charge pump dropped the coil", t_stall)
+        assert t_drop is not None
+        # No edge while held: the last one came before the drop by the pump's hold time.
+        assert not [t for t in p.toggles if t_stall + 0.1 < t < t_drop]
+        await r.wait_until(lambda: p.contacts_closed, "closed again once the loop runs")
+        assert r.app.charger.transaction_on(1) is not None
+    assert not p.watchdog_pin.state, "left low: no edge, no coil, after the daemon stopped"
