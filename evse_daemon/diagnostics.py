@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .clock import Clock
+from .commands import run_command
 from .config import DiagnosticsConfig
 from .transfer import TransferError, TransferSettings, upload
 
@@ -141,30 +142,11 @@ async def _journal(
         argv += ["--since", f"{start.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"]
     if stop is not None:
         argv += ["--until", f"{stop.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"]
-    try:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-    except OSError as exc:
-        return None, f"journalctl: {exc}"
-    try:
-        async with asyncio.timeout(JOURNAL_TIMEOUT_S):
-            out, err = await process.communicate()
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        return None, f"journalctl did not finish within {JOURNAL_TIMEOUT_S:g} s"
-    except asyncio.CancelledError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        raise
-    text = out.decode("utf-8", "replace")
-    if process.returncode != 0:
-        return text or None, f"journalctl exit status {process.returncode}: {err.decode()[:500]}"
-    return text, None
+    result = await run_command(argv, JOURNAL_TIMEOUT_S, merge_stderr=False)
+    if result.status != 0:
+        problem = f"journalctl exit status {result.status}: {result.stderr[:500]}"
+        return result.stdout or None, problem
+    return result.stdout, None
 
 
 def _write_archive(path: Path, root: str, members: dict[str, bytes]) -> None:
@@ -253,21 +235,22 @@ class DiagnosticsRunner:
         self.last_file: str | None = None
         self._group: asyncio.TaskGroup | None = None
         self._current: asyncio.Task[None] | None = None
+        self._in_progress = False  # requested, and its outcome not yet reported
 
     @property
     def busy(self) -> bool:
-        return self._current is not None and not self._current.done()
+        return self._in_progress
 
     def request(self, request: DiagnosticsRequest) -> str:
         """Start collecting and uploading; returns the file name (GetDiagnostics.conf)."""
         name = file_name(self.station_id, self.clock.utc_now())
-        if self.busy:
-            assert self._current is not None
+        if self._current is not None and not self._current.done():
             log.warning("GetDiagnostics: the upload of %s is cancelled for a new one", name)
             self._current.cancel()
         if self._group is None:
             raise RuntimeError("the diagnostics runner is not running")
         self.last_file = name
+        self._in_progress = True
         self._current = self._group.create_task(self._execute(request, name))
         return name
 
@@ -281,6 +264,8 @@ class DiagnosticsRunner:
 
     def _report(self, status: DiagnosticsStatus) -> None:
         self.last_status = status
+        if status in (DiagnosticsStatus.UPLOADED, DiagnosticsStatus.UPLOAD_FAILED):
+            self._in_progress = False
         if self.reporter is not None:
             self.reporter.diagnostics_status(status)
 

@@ -108,6 +108,7 @@ class FirmwareJob:
     retrieve_at: datetime
     attempts_allowed: int  # 1 + retries
     retry_interval_s: int
+    id: str = ""  # names the job's download directory
     signed: bool = False
     request_id: int | None = None
     install_at: datetime | None = None

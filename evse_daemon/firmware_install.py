@@ -36,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import commands
 from .config import FirmwareConfig
 
 log = logging.getLogger(__name__)
@@ -74,31 +75,10 @@ def build_installer(settings: FirmwareConfig, config_path: str) -> Installer:
 
 
 async def run_command(argv: Sequence[str], timeout_s: float) -> tuple[int, str]:
-    """Run ``argv``; (exit status, the tail of its output). A command that overruns is
-    killed (exit status -9); one that cannot start gives 127."""
-    try:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    except OSError as exc:
-        return 127, f"cannot run {argv[0]}: {exc}"
-    try:
-        async with asyncio.timeout(timeout_s):
-            output, _ = await process.communicate()
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        return -9, f"{argv[0]} did not finish within {timeout_s:g} s"
-    except asyncio.CancelledError:
-        # Not left running behind the daemon's back.
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        raise
-    text = output.decode("utf-8", "replace").strip()
-    return process.returncode or 0, text[-OUTPUT_TAIL_CHARS:]
+    """Run ``argv``: (exit status, the tail of its output and errors) for logs and reasons."""
+    result = await commands.run_command(argv, timeout_s)
+    text = (result.stdout + result.stderr).strip()
+    return result.status, text[-OUTPUT_TAIL_CHARS:]
 
 
 def _expand(argv: Sequence[str], values: Mapping[str, str]) -> list[str]:

@@ -22,8 +22,8 @@ class Served:
     failures: list[int] = field(default_factory=list)
     # Requests that announce the whole length but send only this many bytes, then close.
     truncations: list[int] = field(default_factory=list)
-    # When set, a response sends half of the body and waits for the event before the rest.
-    stall: threading.Event | None = None
+    # Per request, until used up: send half of the body, wait for the event, send the rest.
+    stalls: list[threading.Event] = field(default_factory=list)
     hits: int = 0
 
 
@@ -44,6 +44,9 @@ class HttpFiles:
         self.uploads: list[Upload] = []
         self.upload_statuses: list[int] = []  # per upload request, then 201
         self.upload_attempts = 0
+        # Set once a stalled response has sent its first half.
+        self.stalled = threading.Event()
+        self._released: list[threading.Event] = []
         self._lock = threading.Lock()
         files = self
 
@@ -62,6 +65,7 @@ class HttpFiles:
                     served.hits += 1
                     failure = served.failures.pop(0) if served.failures else None
                     cut = served.truncations.pop(0) if served.truncations else None
+                    stall = served.stalls.pop(0) if served.stalls else None
                 if failure is not None:
                     self.send_error(failure)
                     return
@@ -74,11 +78,12 @@ class HttpFiles:
                     self.wfile.flush()
                     self.close_connection = True
                     return
-                if served.stall is not None:
+                if stall is not None:
                     half = len(served.body) // 2
                     self.wfile.write(served.body[:half])
                     self.wfile.flush()
-                    served.stall.wait(30)
+                    files.stalled.set()
+                    stall.wait(30)
                     self.wfile.write(served.body[half:])
                     return
                 self.wfile.write(served.body)
@@ -113,6 +118,7 @@ class HttpFiles:
 
     def serve(self, name: str, body: bytes, **behaviour: object) -> Served:
         served = Served(body, **behaviour)  # type: ignore[arg-type]
+        self._released.extend(served.stalls)
         self.files["/" + name.lstrip("/")] = served
         return served
 
@@ -121,9 +127,8 @@ class HttpFiles:
         return self
 
     def stop(self) -> None:
-        for served in self.files.values():
-            if served.stall is not None:
-                served.stall.set()
+        for stall in self._released:
+            stall.set()
         self._server.shutdown()
         self._server.server_close()
 

@@ -89,7 +89,7 @@ async def test_a_file_over_the_limit_is_refused(tmp_path: Path) -> None:
 async def test_a_cancelled_download_leaves_nothing_and_frees_the_loop(tmp_path: Path) -> None:
     stall = threading.Event()
     with http_files() as server:
-        server.serve("fw.bin", BODY, stall=stall)
+        server.serve("fw.bin", BODY, stalls=[stall])
         task = asyncio.create_task(
             download(server.url("fw.bin"), tmp_path / "fw.bin", max_bytes=10**7, settings=SETTINGS)
         )
