@@ -28,7 +28,7 @@ starts over.
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -136,7 +136,10 @@ class FirmwareJob:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> FirmwareJob:
         """A stored job; ValueError, KeyError or TypeError for one that cannot be read."""
-        values = dict(raw)
+        # Fields this version does not know are left out: after a rollback the previous
+        # version reads the job the newer one stored, and must still report its outcome.
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in raw.items() if key in known}
         retrieve_at = _parse_time(values.pop("retrieve_at"))
         if retrieve_at is None:
             raise ValueError("a job without retrieve_at")

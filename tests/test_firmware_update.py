@@ -216,6 +216,12 @@ def test_a_new_version_that_does_not_register_is_rolled_back() -> None:
     assert reported.advance(T0) == Step(StepKind.REPORT)
 
 
+def test_a_job_stored_by_a_newer_version_is_read_by_the_previous_one() -> None:
+    job = _job(phase=Phase.REPORTING, end_status=S.INSTALLATION_FAILED)
+    raw = job.to_dict() | {"a_field_of_the_future": [1, 2]}
+    assert FirmwareJob.from_dict(raw) == job
+
+
 @pytest.mark.parametrize("phase", list(Phase))
 def test_every_phase_survives_the_store(phase: Phase) -> None:
     job = _signed(install_at=T0, phase=phase, install_state={"a": [1]})

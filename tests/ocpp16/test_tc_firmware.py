@@ -248,6 +248,29 @@ async def test_a_new_version_that_does_not_register_is_rolled_back(
 # --- beyond TC_044 -------------------------------------------------------------------------------
 
 
+async def test_nothing_is_fetched_before_the_retrieve_date(tmp_path: Path) -> None:
+    with http_files() as server:
+        location = _serve_wheel(server, tmp_path)
+        async with bench(tmp_path) as b:
+            await b.booted()
+            mark = b.csms.mark()
+            tomorrow = _iso(datetime.now(UTC) + timedelta(days=1))
+            await b.csms.call(call.UpdateFirmware(location=location, retrieve_date=tomorrow))
+            await b.barrier()
+            assert _statuses(b, after=mark) == []  # DownloadScheduled is not a 1.6 status
+            assert b.app.status()["firmware"]["phase"] == "scheduled"
+            # Not busy yet: a triggered notification says Idle.
+            trigger = b.csms.mark()
+            await b.csms.call(call.TriggerMessage(requested_message=FSN))
+            await _status(b, "Idle", after=trigger)
+            # A restart keeps it scheduled.
+            await b.restart_app()
+            await b.csms.wait_for("BootNotification", after=trigger)
+            await b.barrier()
+            assert b.app.status()["firmware"]["phase"] == "scheduled"
+        assert _hits(server) == 0
+
+
 async def test_a_truncated_download_is_retried_not_installed(tmp_path: Path) -> None:
     install = "import sys; open(sys.argv[1], 'w').write(open(sys.argv[2], 'rb').read().hex())"
     record = tmp_path / "installed.hex"
