@@ -51,9 +51,7 @@ _AS_16 = {
 }
 
 
-def _date_time(field: str, value: str | None) -> datetime | None:
-    if value is None:
-        return None
+def _date_time(field: str, value: str) -> datetime:
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except (ValueError, AttributeError):
@@ -61,6 +59,10 @@ def _date_time(field: str, value: str | None) -> datetime | None:
             description=f"{field}: {value!r} is not a dateTime", details={"field": field}
         ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _optional_date_time(field: str, value: str | None) -> datetime | None:
+    return None if value is None else _date_time(field, value)
 
 
 def _location(field: str, value: str) -> str:
@@ -174,7 +176,7 @@ class FirmwareManagement16:
         settings = self.firmware.settings
         job = FirmwareJob(
             location=_location("location", location),
-            retrieve_at=_date_time("retrieveDate", retrieve_date) or self.adapter.clock.utc_now(),
+            retrieve_at=_date_time("retrieveDate", retrieve_date),
             attempts_allowed=1 + _count("retries", retries, settings.default_retries),
             retry_interval_s=_count(
                 "retryInterval", retry_interval, settings.default_retry_interval_s
@@ -195,7 +197,9 @@ class FirmwareManagement16:
         settings = self.firmware.settings
         location = str(firmware["location"])
         retrieve_at = _date_time("firmware.retrieveDateTime", firmware["retrieve_date_time"])
-        install_at = _date_time("firmware.installDateTime", firmware.get("install_date_time"))
+        install_at = _optional_date_time(
+            "firmware.installDateTime", firmware.get("install_date_time")
+        )
         attempts = 1 + _count("retries", retries, settings.default_retries)
         interval_s = _count("retryInterval", retry_interval, settings.default_retry_interval_s)
         certificate = str(firmware["signing_certificate"])
@@ -211,7 +215,7 @@ class FirmwareManagement16:
             return "Rejected"
         job = FirmwareJob(
             location=location,
-            retrieve_at=retrieve_at or self.adapter.clock.utc_now(),
+            retrieve_at=retrieve_at,
             attempts_allowed=attempts,
             retry_interval_s=interval_s,
             signed=True,
@@ -231,8 +235,8 @@ class FirmwareManagement16:
         stop_time: str | None,
     ) -> str:
         settings = self.diagnostics.settings
-        start = _date_time("startTime", start_time)
-        stop = _date_time("stopTime", stop_time)
+        start = _optional_date_time("startTime", start_time)
+        stop = _optional_date_time("stopTime", stop_time)
         if start is not None and stop is not None and start > stop:
             raise PropertyConstraintViolationError(
                 description="startTime is after stopTime", details={"field": "startTime"}
