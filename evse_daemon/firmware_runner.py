@@ -320,6 +320,13 @@ class FirmwareRunner:
 
     async def _verify(self, update: FirmwareUpdate) -> None:
         job = update.job
+        # Certificates are valid between two dates: judged by a board's guess of the time
+        # (no RTC, NTP not synced yet), a good one may look expired. The CSMS's time or NTP
+        # comes within a minute of the link coming up.
+        while True:
+            if self.clock.trusted:
+                break
+            await asyncio.sleep(IDLE_POLL_S)
         now = self.clock.utc_now()
 
         def check() -> str | None:
