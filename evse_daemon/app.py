@@ -49,8 +49,7 @@ from .config import Config
 from .control import ControlError, ControlServer
 from .diagnostics import DiagnosticsRunner
 from .firmware_install import build_installer
-from .firmware_runner import FirmwareRunner
-from .firmware_signature import manufacturer_roots_dir
+from .firmware_runner import FirmwareRunner, manufacturer_roots_dir
 from .hardware import Hardware
 from .iec61851 import X1_OPEN_UNDER_LOAD_S
 from .limits import ConnectorLimits, LimitDecision, offered_currents, thermal_derating_a

@@ -26,17 +26,14 @@ from .clock import Clock
 from .config import FirmwareConfig
 from .firmware import FirmwareJob, FirmwareStatus, FirmwareUpdate, Phase, StepKind
 from .firmware_install import Installer, InstallError
-from .firmware_signature import (
-    CertificateInvalid,
-    check_signing_certificate,
-    load_roots,
-    signature_valid,
-)
 from .store import Store
 from .transfer import TransferError, TransferSettings, download, file_name
 
 log = logging.getLogger(__name__)
 
+# Where the manufacturer root certificates are, one PEM per file (the convention shared with
+# the certificate management, which installs them).
+MANUFACTURER_ROOTS = "ManufacturerRootCertificate"
 STORE_NAMESPACE = "firmware"
 STORE_KEY = "job"
 # How often the wait for transactions to end looks again.
@@ -46,6 +43,10 @@ IDLE_POLL_S = 1.0
 WALL_CLOCK_RECHECK_S = 60.0
 # Before the daemon restarts, the statuses reported so far get this long to reach the CSMS.
 REPORT_BEFORE_RESTART_S = 10.0
+
+
+def manufacturer_roots_dir(state_dir: str | Path) -> Path:
+    return Path(state_dir) / "certs" / MANUFACTURER_ROOTS
 
 
 class FirmwarePort(Protocol):
@@ -172,14 +173,21 @@ class FirmwareRunner:
 
     # --- requests --------------------------------------------------------------------------
 
-    async def check_signing_certificate(self, pem: str) -> None:
-        """CertificateInvalid unless ``pem`` chains to an installed manufacturer root."""
+    async def signing_certificate_problem(self, pem: str) -> str | None:
+        """Why ``pem`` is not a certificate to accept firmware from (it must chain to an
+        installed manufacturer root), or None."""
         now = self.clock.utc_now()
 
-        def check() -> None:
-            check_signing_certificate(pem, load_roots(self.roots_dir), now)
+        def check() -> str | None:
+            from . import firmware_signature as signing  # cryptography: only when needed
 
-        await asyncio.to_thread(check)
+            try:
+                signing.check_signing_certificate(pem, signing.load_roots(self.roots_dir), now)
+            except signing.CertificateInvalid as exc:
+                return str(exc)
+            return None
+
+        return await asyncio.to_thread(check)
 
     def request(self, job: FirmwareJob) -> RequestResult:
         """Start ``job``, calling off the update under way if there is one and it can be."""
@@ -330,13 +338,16 @@ class FirmwareRunner:
         now = self.clock.utc_now()
 
         def check() -> str | None:
+            from . import firmware_signature as signing  # cryptography: only when needed
+
             try:
-                certificate = check_signing_certificate(
-                    job.signing_certificate or "", load_roots(self.roots_dir), now
+                certificate = signing.check_signing_certificate(
+                    job.signing_certificate or "", signing.load_roots(self.roots_dir), now
                 )
-            except CertificateInvalid as exc:
+            except signing.CertificateInvalid as exc:
                 return f"signing certificate: {exc}"
-            if not signature_valid(Path(job.file or ""), job.signature or "", certificate):
+            file = Path(job.file or "")
+            if not signing.signature_valid(file, job.signature or "", certificate):
                 return "the signature does not verify over the downloaded file"
             return None
 

@@ -3,14 +3,14 @@
 - The signing certificate must be issued directly by one of the manufacturer root
   certificates installed on the charger (L01.FR.12; "the manufacturer SHALL NOT use
   intermediate certificates for the firmware signing certificate"), and both must be valid
-  now. The roots are kept one PEM per file in
-  ``<state_dir>/certs/ManufacturerRootCertificate/`` (the directory the certificate
-  management installs them in).
+  now. The roots are kept one PEM per file in a directory (``firmware_runner.
+  manufacturer_roots_dir``).
 - The signature (base64) must verify over the entire firmware file with the certificate's
   key and SHA-256 (L01.FR.04): RSA-PSS or ECDSA as the whitepaper names, and RSA PKCS#1 v1.5,
   which common signing tools (``openssl dgst -sha256 -sign``) produce for RSA keys.
 
-Everything here blocks (file reads, hashing): call it in a worker thread.
+Everything here blocks (file reads, hashing): call it in a worker thread. Imported only when
+a signed update is checked: ``cryptography`` costs start-up time and memory on a Pi.
 """
 
 from __future__ import annotations
@@ -29,16 +29,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 log = logging.getLogger(__name__)
 
-MANUFACTURER_ROOTS = "ManufacturerRootCertificate"
 _BLOCK_BYTES = 1024 * 1024
 
 
 class CertificateInvalid(Exception):
     """The signing certificate is not one to trust; the message says why."""
-
-
-def manufacturer_roots_dir(state_dir: str | Path) -> Path:
-    return Path(state_dir) / "certs" / MANUFACTURER_ROOTS
 
 
 def load_roots(directory: Path) -> list[x509.Certificate]:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from evse_daemon.firmware_signature import manufacturer_roots_dir
+from evse_daemon.firmware_runner import manufacturer_roots_dir
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 

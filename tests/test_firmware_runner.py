@@ -16,8 +16,7 @@ from evse_daemon.clock import FakeClock
 from evse_daemon.config import FirmwareConfig
 from evse_daemon.firmware import FirmwareJob, FirmwareStatus
 from evse_daemon.firmware_install import CommandInstaller
-from evse_daemon.firmware_runner import FirmwareRunner
-from evse_daemon.firmware_signature import manufacturer_roots_dir
+from evse_daemon.firmware_runner import FirmwareRunner, manufacturer_roots_dir
 from evse_daemon.store import Store
 from evse_daemon.transfer import TransferSettings
 from tests.file_servers import HttpFiles, http_files

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from evse_daemon.firmware_runner import manufacturer_roots_dir
 from evse_daemon.firmware_signature import (
     CertificateInvalid,
     check_signing_certificate,
     load_roots,
-    manufacturer_roots_dir,
     signature_valid,
 )
 from tests.firmware_kit import install_root, manufacturer_root, sign, signing_certificate

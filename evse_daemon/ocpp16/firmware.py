@@ -29,7 +29,6 @@ from ..clock import iso_utc
 from ..diagnostics import DiagnosticsRequest, DiagnosticsRunner, DiagnosticsStatus
 from ..firmware import FirmwareJob, FirmwareStatus
 from ..firmware_runner import FirmwareRunner, RequestResult
-from ..firmware_signature import CertificateInvalid
 from ..transfer import location_problem
 
 if TYPE_CHECKING:
@@ -204,11 +203,12 @@ class FirmwareManagement16:
         interval_s = _count("retryInterval", retry_interval, settings.default_retry_interval_s)
         certificate = str(firmware["signing_certificate"])
         # L01.FR.23-24: the certificate is checked before the request is accepted.
-        try:
-            await self.firmware.check_signing_certificate(certificate)
-        except CertificateInvalid as exc:
-            log.error("SignedUpdateFirmware %d: signing certificate refused: %s", request_id, exc)
-            self.security_event("InvalidFirmwareSigningCertificate", str(exc))
+        problem = await self.firmware.signing_certificate_problem(certificate)
+        if problem is not None:
+            log.error(
+                "SignedUpdateFirmware %d: signing certificate refused: %s", request_id, problem
+            )
+            self.security_event("InvalidFirmwareSigningCertificate", problem)
             return "InvalidCertificate"
         if location_problem(location) is not None:
             log.error("SignedUpdateFirmware %d: %s", request_id, location_problem(location))
