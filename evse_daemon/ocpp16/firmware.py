@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 # A notification the CSMS answers with a CALLERROR (or not at all) this often is dropped.
 MAX_SEND_ATTEMPTS = 3
 SEND_RETRY_S = 5.0
+RECONNECT_PAUSE_S = 0.5
 # FirmwareStatus of OCPP 1.6 for the statuses of a signed update it does not have, when a
 # TriggerMessage asks while a signed update is under way.
 _AS_16 = {
@@ -334,7 +335,10 @@ class FirmwareManagement16:
             try:
                 await self.adapter.call_when_online(payload)
             except ConnectionError:
-                continue  # the link dropped under it: again on the next one
+                # The link dropped under it: again on the next one (after a pause, so that
+                # the adapter gets to see the link is gone before this looks again).
+                await asyncio.sleep(RECONNECT_PAUSE_S)
+                continue
             except (TimeoutError, OCPPError) as exc:
                 attempts += 1
                 if attempts < MAX_SEND_ATTEMPTS:
