@@ -24,6 +24,8 @@ class Served:
     truncations: list[int] = field(default_factory=list)
     # Per request, until used up: send half of the body, wait for the event, send the rest.
     stalls: list[threading.Event] = field(default_factory=list)
+    # Per request, until used up: wait for the event before answering at all.
+    holds: list[threading.Event] = field(default_factory=list)
     hits: int = 0
 
 
@@ -61,6 +63,10 @@ class HttpFiles:
                 if served is None:
                     self.send_error(404)
                     return
+                with files._lock:
+                    hold = served.holds.pop(0) if served.holds else None
+                if hold is not None:
+                    hold.wait(30)
                 with files._lock:
                     served.hits += 1
                     failure = served.failures.pop(0) if served.failures else None
@@ -118,7 +124,7 @@ class HttpFiles:
 
     def serve(self, name: str, body: bytes, **behaviour: object) -> Served:
         served = Served(body, **behaviour)  # type: ignore[arg-type]
-        self._released.extend(served.stalls)
+        self._released.extend(served.stalls + served.holds)
         self.files["/" + name.lstrip("/")] = served
         return served
 

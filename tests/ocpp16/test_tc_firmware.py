@@ -271,6 +271,21 @@ async def test_nothing_is_fetched_before_the_retrieve_date(tmp_path: Path) -> No
         assert _hits(server) == 0
 
 
+async def test_statuses_reached_offline_go_out_in_order_once_back(tmp_path: Path) -> None:
+    hold = threading.Event()
+    async with _update_requested(
+        tmp_path, _firmware_toml(tmp_path), retries=1, failures=[404, 404], holds=[hold]
+    ) as (b, server, mark):
+        await _status(b, "Downloading", after=mark)
+        await b.go_offline()
+        hold.set()  # the first attempt fails only now, offline, and so does the second
+        await b.wait_until(lambda: _hits(server) == 2, what="both attempts")
+        await b.wait_until(lambda: b.app.status()["firmware"]["status"] == "DownloadFailed")
+        back = await b.go_online()
+        await _status(b, "DownloadFailed", after=back)
+        assert _statuses(b, after=mark) == ["Downloading", "DownloadFailed"]
+
+
 async def test_a_truncated_download_is_retried_not_installed(tmp_path: Path) -> None:
     install = "import sys; open(sys.argv[1], 'w').write(open(sys.argv[2], 'rb').read().hex())"
     record = tmp_path / "installed.hex"
