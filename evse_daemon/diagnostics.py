@@ -270,18 +270,24 @@ class DiagnosticsRunner:
             self.reporter.diagnostics_status(status)
 
     async def _execute(self, request: DiagnosticsRequest, name: str) -> None:
+        # What an earlier run left (killed mid-upload) goes first: the card is small.
+        await asyncio.to_thread(shutil.rmtree, self.directory, True)
         path = self.directory / name
+        outcome = DiagnosticsStatus.UPLOAD_FAILED
         try:
-            await self._upload(request, path, name)
+            outcome = await self._upload(request, path, name)
         except Exception:
             # A bug must not take the app's task group down; the CSMS hears it failed.
             log.exception("GetDiagnostics %s failed", name)
-            self._report(DiagnosticsStatus.UPLOAD_FAILED)
         finally:
+            # Gone from the card before the outcome is told: nothing is left behind either way.
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(path.unlink, True)
+        self._report(outcome)
 
-    async def _upload(self, request: DiagnosticsRequest, path: Path, name: str) -> None:
+    async def _upload(
+        self, request: DiagnosticsRequest, path: Path, name: str
+    ) -> DiagnosticsStatus:
         await collect(
             path,
             settings=self.settings,
@@ -313,6 +319,5 @@ class DiagnosticsRunner:
                     await asyncio.sleep(request.retry_interval_s)
                 continue
             log.info("diagnostics %s uploaded to %s", name, request.location)
-            self._report(DiagnosticsStatus.UPLOADED)
-            return
-        self._report(DiagnosticsStatus.UPLOAD_FAILED)
+            return DiagnosticsStatus.UPLOADED
+        return DiagnosticsStatus.UPLOAD_FAILED
