@@ -16,7 +16,8 @@ import logging
 import math
 import time
 from collections.abc import Callable, Coroutine
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from drivers.protocols import CpState, MeterError, MeterReading, PilotOutput, ReaderError
@@ -47,11 +48,15 @@ from .charger import (
 from .clock import Clock, SystemClock, current_boot_id
 from .config import Config
 from .control import ControlError, ControlServer
+from .diagnostics import DiagnosticsRunner
+from .firmware_install import build_installer
+from .firmware_runner import FirmwareRunner, manufacturer_roots_dir
 from .hardware import Hardware
 from .iec61851 import X1_OPEN_UNDER_LOAD_S
 from .limits import ConnectorLimits, LimitDecision, offered_currents, thermal_derating_a
 from .logfields import IdTag, journal_fields
 from .ocpp16.adapter import OcppAdapter16
+from .ocpp16.firmware import FirmwareManagement16
 from .ocpp_keys import OcppConfiguration
 from .ports import AvailabilityResult, ResetKind, UnlockResult
 from .profiles import (
@@ -68,6 +73,7 @@ from .profiles import (
     profile_to_ocpp,
 )
 from .store import Store
+from .transfer import TransferSettings
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +97,9 @@ class RunOutcome(enum.Enum):
     # The power is failing (SIGPWR from a UPS or backup-power monitor): the transactions end
     # with reason PowerLoss while the backup lasts (OCTT TC_032_1), then the daemon stops.
     POWER_LOSS = "power-loss"
+    # A firmware update switched versions: the process exits for systemd to start the one
+    # now installed (an in-process restart would run the old code again).
+    FIRMWARE_UPDATE = "firmware-update"
 
 
 class _Stop(Exception):
@@ -213,6 +222,33 @@ class App:
             max_queued_messages=config.storage.max_queued_messages,
         )
         self.control = ControlServer(config.control.socket, self)
+        state_dir = Path(config.storage.state_dir)
+        transfer = TransferSettings(ca_file=config.ocpp.ca_file)
+        self.firmware = FirmwareRunner(
+            config.firmware,
+            store=self.store,
+            clock=self.clock,
+            installer=build_installer(config.firmware, config.path),
+            directory=state_dir / "firmware",
+            roots_dir=manufacturer_roots_dir(state_dir),
+            port=self,
+            transfer=transfer,
+        )
+        self.diagnostics = DiagnosticsRunner(
+            config.diagnostics,
+            directory=state_dir / "diagnostics",
+            config_path=config.path,
+            station_id=config.station.id,
+            clock=self.clock,
+            snapshot=self._diagnostics_snapshot,
+            transfer=transfer,
+        )
+        self.adapter.firmware_management = FirmwareManagement16(
+            self.adapter,
+            self.firmware,
+            self.diagnostics,
+            require_signed=config.firmware.require_signed,
+        )
         self._events: asyncio.Queue[Action] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
@@ -277,6 +313,8 @@ class App:
                     tasks.create_task(self._forward_events())
                     tasks.create_task(self._limits_loop())
                     tasks.create_task(self.adapter.run())
+                    tasks.create_task(self.firmware.run())
+                    tasks.create_task(self.diagnostics.run())
                     for connector_id in self.charger.connectors:
                         tasks.create_task(self._meter_loop(connector_id))
                     if self.hardware.reader is not None:
@@ -294,7 +332,7 @@ class App:
 
     async def _wait_for_stop(self) -> None:
         await self._stop.wait()
-        if self.outcome is RunOutcome.STOPPED:
+        if self.outcome in (RunOutcome.STOPPED, RunOutcome.FIRMWARE_UPDATE):
             await self._stop_transactions(StopReason.REBOOT, SHUTDOWN_FLUSH_S)
         elif self.outcome is RunOutcome.POWER_LOSS:
             await self._stop_transactions(StopReason.POWER_LOSS, SHUTDOWN_FLUSH_S)
@@ -330,6 +368,8 @@ class App:
             connector_id = int(key)
             if connector_id in self.charger.connectors and operative is False:
                 self.charger.set_operative(connector_id, False)
+        # A firmware update under way holds the connectors again before they first report.
+        await self.firmware.load()
 
     def _next_local_tx_id(self) -> int:
         self._last_local_tx_id += 1
@@ -1193,6 +1233,47 @@ class App:
         auth.local_auth_list_max_length = keys.get_int("LocalAuthListMaxLength")
         auth.send_local_list_max_length = keys.get_int("SendLocalListMaxLength")
 
+    # --- firmware updates and diagnostics (FirmwarePort) -----------------------------------
+
+    def set_maintenance(self, held: bool) -> None:
+        self.charger.set_maintenance(held)
+        if self.started.is_set():
+            # (While loading, run() drives the outputs once everything is loaded.)
+            self._apply(self.charger.drain())
+
+    def ready_to_install(self) -> bool:
+        if self._stop.is_set():
+            return False  # the stop ends the transactions; the next run installs
+        return all(view.transaction_local_id is None for view in self.charger.views())
+
+    def restart_for_firmware(self) -> None:
+        self.request_stop(RunOutcome.FIRMWARE_UPDATE)
+
+    async def wait_registered(self) -> None:
+        await self.adapter.wait_online()
+
+    async def _diagnostics_snapshot(
+        self, start: datetime | None, stop: datetime | None
+    ) -> dict[str, Any]:
+        """The charger's state for GetDiagnostics (the archive's JSON members)."""
+        low = start.timestamp() if start is not None else float("-inf")
+        high = stop.timestamp() if stop is not None else float("inf")
+        events = [
+            {"at": datetime.fromtimestamp(at, UTC).isoformat(), "kind": kind, "detail": detail}
+            for at, kind, detail in await self.store.events()
+            if low <= at <= high
+        ]
+        keys = [
+            {"key": entry.key, "readonly": entry.readonly, "value": entry.value}
+            for entry in self.keys.get_configuration(None)[0]
+        ]
+        return {
+            "status.json": self.status(),
+            "ocpp-configuration.json": keys,
+            "events.json": events,
+            "firmware.json": self.firmware.job.to_dict() if self.firmware.job else None,
+        }
+
     # --- the control socket -----------------------------------------------------------------
 
     async def handle_control(self, request: dict[str, Any]) -> Any:
@@ -1287,6 +1368,7 @@ class App:
                     "max_current_a": view.max_current_a,
                     **self._limits_status(view.connector_id),
                     "operative": view.operative,
+                    "maintenance": view.maintenance,
                     "scheduled_operative": view.scheduled_operative,
                     "faults": list(view.faults),
                     "transaction": None
@@ -1308,4 +1390,10 @@ class App:
             "ocpp": self.adapter.status_info(),
             "reader_fault": self.charger.reader_fault,
             "connectors": connectors,
+            "firmware": self.firmware.status_info(),
+            "diagnostics": {
+                "uploading": self.diagnostics.busy,
+                "status": self.diagnostics.last_status,
+                "file": self.diagnostics.last_file,
+            },
         }

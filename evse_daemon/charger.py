@@ -277,6 +277,7 @@ class ConnectorView:
     transaction_id_tag: str | None
     authorized_id_tag: str | None
     meter: MeterReading | None
+    maintenance: bool = False
 
 
 class Connector:
@@ -316,6 +317,9 @@ class Connector:
         self.faults: set[Fault] = set()
         self.operative = True
         self.scheduled_operative: bool | None = None
+        # Held out of service for a firmware update (not persisted, unlike operative: the
+        # update itself is, and holds the connector again after a restart).
+        self.maintenance = False
         self.auth: Authorization | None = None
         self.tx: Transaction | None = None
         self.finishing = False
@@ -349,6 +353,11 @@ class Connector:
     @property
     def ev_present(self) -> bool:
         return self.cp_state in EV_PRESENT_STATES
+
+    @property
+    def in_service(self) -> bool:
+        """Open to new sessions: operative, and not held for maintenance."""
+        return self.operative and not self.maintenance
 
     @property
     def blocking_fault(self) -> Fault | None:
@@ -406,7 +415,7 @@ class Connector:
             ):
                 return (PilotOutput.STEADY, 0.0)
             return (PilotOutput.STATE_F, 0.0)
-        if not self.operative and self.tx is None and not self._contactor:
+        if not self.in_service and self.tx is None and not self._contactor:
             # (With the contactor still closed the EV gets x1 and its 6 s to stop drawing.)
             return (PilotOutput.STATE_F, 0.0)
         if self._energy_offered():
@@ -440,7 +449,7 @@ class Connector:
         if fault is not None:
             code, info = FAULT_REPORTS[fault]
             return (Status.FAULTED, code, info, VENDOR_ERROR_CODES.get(fault))
-        if self.tx is None and not self.operative:
+        if self.tx is None and not self.in_service:
             return (Status.UNAVAILABLE, ErrorCode.NO_ERROR, None, None)
         tx = self.tx
         if tx is not None:
@@ -643,7 +652,7 @@ class Connector:
             self.idle
             and not self.commissioning
             and self.held_for is None
-            and self.operative
+            and self.in_service
             and self.blocking_fault is None
             and self.cp_state in (CpState.A, CpState.B, CpState.C, CpState.D)
         )
@@ -661,7 +670,7 @@ class Connector:
         auth = self.auth
         if auth is None or self.tx is not None or not self.ev_present:
             return
-        if not self.operative or self.blocking_fault is not None:
+        if not self.in_service or self.blocking_fault is not None:
             return
         # Before the transaction, so that its first PWM offer can follow at once: the RCD
         # must have passed its self-test for this EV, and a socket's cable must be locked
@@ -757,6 +766,14 @@ class Connector:
             self.auth = None
         return True
 
+    def set_maintenance(self, held: bool) -> None:
+        """Hold the connector out of service (a firmware update waits for the transactions
+        to end): a running transaction goes on to its end, nothing new starts, and the
+        connector is Unavailable whenever it has no transaction."""
+        self.maintenance = held
+        if held and self.tx is None:
+            self.auth = None
+
     def view(self) -> ConnectorView:
         status = self._status or self._desired_status()
         pilot = self._pilot or (PilotOutput.STATE_F, 0.0)
@@ -779,6 +796,7 @@ class Connector:
             transaction_id_tag=self.tx.id_tag if self.tx else None,
             authorized_id_tag=self.auth.id_tag if self.auth else None,
             meter=self.meter,
+            maintenance=self.maintenance,
         )
 
 
@@ -1102,6 +1120,13 @@ class Charger:
         applied = [c.set_operative(operative) for c in targets]
         self._reconcile()
         return all(applied)
+
+    def set_maintenance(self, held: bool) -> None:
+        """Hold every connector out of service, or release them (their availability as
+        ChangeAvailability set it is untouched either way)."""
+        for connector in self.connectors.values():
+            connector.set_maintenance(held)
+        self._reconcile()
 
     def transaction_on(self, connector_id: int) -> Transaction | None:
         return self.connector(connector_id).tx

@@ -19,6 +19,9 @@ from .logsetup import read_id_tag_key, setup_logging
 log = logging.getLogger("evse_daemon")
 
 EXIT_CONFIG = 2
+# After a firmware update: exit for the service manager to start the version now installed
+# (EX_TEMPFAIL; non-zero, so that Restart=on-failure restarts the daemon too).
+EXIT_RESTART_FOR_FIRMWARE = 75
 
 
 def _load(path: str) -> Config | None:
@@ -79,6 +82,9 @@ async def run_daemon(config: Config) -> int:
             outcome = await app.run()
             if outcome is RunOutcome.STOPPED or stopping.is_set():
                 return 0
+            if outcome is RunOutcome.FIRMWARE_UPDATE:
+                log.warning("exiting for the new firmware to start (exit status 75)")
+                return EXIT_RESTART_FOR_FIRMWARE
             # A reset restarts the application in-process: the drivers (and the EV plugged
             # into them) stay, everything above them is built anew and boots again.
             log.warning("restarting after %s", outcome.value)

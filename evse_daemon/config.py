@@ -37,7 +37,9 @@ __all__ = (
     "ConfigInvalid",
     "ConnectorConfig",
     "ControlConfig",
+    "DiagnosticsConfig",
     "DriverConfig",
+    "FirmwareConfig",
     "LoggingConfig",
     "OcppSection",
     "OptionSpec",
@@ -151,6 +153,55 @@ class LoggingConfig:
     id_tag: str = "hash"
 
 
+# Placeholders the firmware commands may use, by command.
+INSTALL_PLACEHOLDERS = ("file", "version", "config")
+CHECK_PLACEHOLDERS = ("venv", "config")
+ROLLBACK_PLACEHOLDERS = ("config",)
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareConfig:
+    """How UpdateFirmware / SignedUpdateFirmware installs what it downloaded.
+
+    Without ``install_command`` the built-in installer puts a wheel (or a .tar.gz/.zip of
+    wheels) into a new venv ``<install_dir>/venvs/<version>`` and switches the symlink
+    ``<install_dir>/venv`` to it, keeping the previous target to roll back to.
+    """
+
+    install_dir: str = "/opt/evse-daemon"
+    install_command: tuple[str, ...] = ()
+    rollback_command: tuple[str, ...] = ()
+    # Run in the new venv before it is switched to; a failure is InstallationFailed.
+    check_command: tuple[str, ...] = ("{venv}/bin/evse-daemon", "check-config", "{config}")
+    pip_options: tuple[str, ...] = ()
+    # When the CSMS leaves retries / retryInterval out.
+    default_retries: int = 3
+    default_retry_interval_s: int = 60
+    install_timeout_s: float = 900.0
+    # The restarted daemon must register with the CSMS within this time and within this
+    # many starts, or the previous version comes back.
+    confirm_timeout_s: float = 600.0
+    max_unconfirmed_starts: int = 3
+    max_download_bytes: int = 512 * 1024 * 1024
+    # Security whitepaper L01.FR.20: with signed updates required, UpdateFirmware is refused.
+    require_signed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DiagnosticsConfig:
+    """What GetDiagnostics collects and how it uploads."""
+
+    # The systemd unit whose journal is included ("" for none).
+    journal_unit: str = "evse-daemon.service"
+    max_journal_lines: int = 20000
+    # Further log files to include (the daemon's own, if one is written).
+    log_files: tuple[str, ...] = ()
+    # HTTP(S) uploads: PUT to <location>/<fileName>, or POST to <location>.
+    http_method: Literal["PUT", "POST"] = "PUT"
+    default_retries: int = 3
+    default_retry_interval_s: int = 60
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectorConfig:
     id: int
@@ -190,6 +241,8 @@ class Config:
     connectors: tuple[ConnectorConfig, ...]
     site: SiteConfig = SiteConfig()
     board: BoardConfig | None = None
+    firmware: FirmwareConfig = FirmwareConfig()
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
 
     @property
     def is_bench(self) -> bool:
@@ -615,6 +668,8 @@ _TOP_LEVEL_KEYS = (
     "rfid",
     "logging",
     "connector",
+    "firmware",
+    "diagnostics",
 )
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _ID_TAG_POLICIES = tuple(policy.value for policy in IdTagPolicy)
@@ -633,6 +688,8 @@ _STATION_ID = re.compile(r"[!-~]+")
 _STATION_ID_FORBIDDEN = frozenset("/?#%")
 # sun_path of a Unix socket address holds 108 bytes including the terminating NUL.
 _MAX_SOCKET_PATH_BYTES = 107
+# A {name} placeholder in a command line of [firmware].
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
 def _type_name(value: object) -> str:
@@ -851,6 +908,45 @@ class _Checker:
             self.error(path, f"expected boolean, got {_type_name(value)}")
             return None
         return value
+
+    def boolean(self, table: Mapping[str, object], path: KeyPath, key: str) -> bool | None:
+        value = self._get(table, path, key, required=False)
+        if value is None:
+            return None
+        return self.check_boolean((*path, key), value)
+
+    def string_list(
+        self,
+        table: Mapping[str, object],
+        path: KeyPath,
+        key: str,
+        *,
+        placeholders: Collection[str] | None = None,
+    ) -> tuple[str, ...] | None:
+        """An array of strings (a command line); with ``placeholders``, every ``{name}`` in
+        it must be one of them."""
+        value = self._get(table, path, key, required=False)
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            self.error((*path, key), f"expected array of strings, got {_type_name(value)}")
+            return None
+        items: list[str] = []
+        for index, item in enumerate(value):
+            checked = self.check_string((*path, key, index), item)
+            if checked is None:
+                return None
+            if placeholders is not None:
+                for name in _PLACEHOLDER.findall(checked):
+                    if name not in placeholders:
+                        self.error(
+                            (*path, key, index),
+                            f"unknown placeholder {{{name}}}; "
+                            f"known: {', '.join('{' + p + '}' for p in placeholders)}",
+                        )
+                        return None
+            items.append(checked)
+        return tuple(items)
 
     def check_option(self, path: KeyPath, value: object, spec: OptionSpec) -> object:
         """A driver option checked against its spec; None if it is wrong."""
@@ -1286,6 +1382,113 @@ def _logging(chk: _Checker, data: Mapping[str, object]) -> LoggingConfig | None:
     )
 
 
+_FIRMWARE_KEYS = (
+    "install_dir",
+    "install_command",
+    "rollback_command",
+    "check_command",
+    "pip_options",
+    "default_retries",
+    "default_retry_interval_s",
+    "install_timeout_s",
+    "confirm_timeout_s",
+    "max_unconfirmed_starts",
+    "max_download_bytes",
+    "require_signed",
+)
+
+
+def _firmware(chk: _Checker, data: Mapping[str, object]) -> FirmwareConfig | None:
+    table = chk.table(data, (), "firmware", required=False)
+    if table is None:
+        return None if "firmware" in data else FirmwareConfig()
+    path: KeyPath = ("firmware",)
+    mark = chk.mark()
+    chk.unknown_keys(table, path, _FIRMWARE_KEYS)
+    defaults = FirmwareConfig()
+    install_dir = chk.string(table, path, "install_dir")
+    install = chk.string_list(table, path, "install_command", placeholders=INSTALL_PLACEHOLDERS)
+    rollback = chk.string_list(table, path, "rollback_command", placeholders=ROLLBACK_PLACEHOLDERS)
+    check = chk.string_list(table, path, "check_command", placeholders=CHECK_PLACEHOLDERS)
+    pip_options = chk.string_list(table, path, "pip_options", placeholders=())
+    retries = chk.integer(table, path, "default_retries", lo=0, hi=100)
+    interval = chk.integer(table, path, "default_retry_interval_s", lo=0, hi=86400)
+    install_timeout = chk.number(table, path, "install_timeout_s", lo=10.0, hi=86400.0)
+    confirm_timeout = chk.number(table, path, "confirm_timeout_s", lo=1.0, hi=86400.0)
+    starts = chk.integer(table, path, "max_unconfirmed_starts", lo=1, hi=100)
+    max_bytes = chk.integer(table, path, "max_download_bytes", lo=1024, hi=2**40)
+    require_signed = chk.boolean(table, path, "require_signed")
+    if install and not install[0]:
+        chk.error((*path, "install_command"), "the program (first element) must not be empty")
+    if rollback and not install:
+        chk.error(
+            (*path, "rollback_command"),
+            "only applies with install_command (the built-in installer rolls back by itself)",
+        )
+    if chk.failed_since(mark):
+        return None
+    return FirmwareConfig(
+        install_dir=install_dir if install_dir is not None else defaults.install_dir,
+        install_command=install if install is not None else defaults.install_command,
+        rollback_command=rollback if rollback is not None else defaults.rollback_command,
+        check_command=check if check is not None else defaults.check_command,
+        pip_options=pip_options if pip_options is not None else defaults.pip_options,
+        default_retries=retries if retries is not None else defaults.default_retries,
+        default_retry_interval_s=(
+            interval if interval is not None else defaults.default_retry_interval_s
+        ),
+        install_timeout_s=(
+            install_timeout if install_timeout is not None else defaults.install_timeout_s
+        ),
+        confirm_timeout_s=(
+            confirm_timeout if confirm_timeout is not None else defaults.confirm_timeout_s
+        ),
+        max_unconfirmed_starts=starts if starts is not None else defaults.max_unconfirmed_starts,
+        max_download_bytes=max_bytes if max_bytes is not None else defaults.max_download_bytes,
+        require_signed=require_signed if require_signed is not None else defaults.require_signed,
+    )
+
+
+_DIAGNOSTICS_KEYS = (
+    "journal_unit",
+    "max_journal_lines",
+    "log_files",
+    "http_method",
+    "default_retries",
+    "default_retry_interval_s",
+)
+
+
+def _diagnostics(chk: _Checker, data: Mapping[str, object]) -> DiagnosticsConfig | None:
+    table = chk.table(data, (), "diagnostics", required=False)
+    if table is None:
+        return None if "diagnostics" in data else DiagnosticsConfig()
+    path: KeyPath = ("diagnostics",)
+    mark = chk.mark()
+    chk.unknown_keys(table, path, _DIAGNOSTICS_KEYS)
+    defaults = DiagnosticsConfig()
+    unit = chk.string(table, path, "journal_unit", min_len=0)
+    lines = chk.integer(table, path, "max_journal_lines", lo=0, hi=10_000_000)
+    log_files = chk.string_list(table, path, "log_files")
+    method = chk.string(table, path, "http_method")
+    if method is not None and method not in ("PUT", "POST"):
+        chk.error((*path, "http_method"), f'must be "PUT" or "POST", got {json.dumps(method)}')
+    retries = chk.integer(table, path, "default_retries", lo=0, hi=100)
+    interval = chk.integer(table, path, "default_retry_interval_s", lo=0, hi=86400)
+    if chk.failed_since(mark):
+        return None
+    return DiagnosticsConfig(
+        journal_unit=unit if unit is not None else defaults.journal_unit,
+        max_journal_lines=lines if lines is not None else defaults.max_journal_lines,
+        log_files=log_files if log_files is not None else defaults.log_files,
+        http_method="POST" if method == "POST" else defaults.http_method,
+        default_retries=retries if retries is not None else defaults.default_retries,
+        default_retry_interval_s=(
+            interval if interval is not None else defaults.default_retry_interval_s
+        ),
+    )
+
+
 _CONNECTOR_KEYS = (
     "id",
     "max_current_a",
@@ -1404,6 +1607,8 @@ def _build(chk: _Checker, data: Mapping[str, object], file: str) -> Config | Non
     rfid = _driver(chk, data, (), "rfid", required=False)
     logging = _logging(chk, data)
     connectors = _connectors(chk, data)
+    firmware = _firmware(chk, data)
+    diagnostics = _diagnostics(chk, data)
     # (A [board] that failed to load has said so already: no second error per part.)
     if connectors is not None and (board is not None or "board" not in data):
         _check_board_parts(chk, connectors, board)
@@ -1418,6 +1623,8 @@ def _build(chk: _Checker, data: Mapping[str, object], file: str) -> Config | Non
         or control is None
         or logging is None
         or connectors is None
+        or firmware is None
+        or diagnostics is None
     ):
         return None
     return Config(
@@ -1431,6 +1638,8 @@ def _build(chk: _Checker, data: Mapping[str, object], file: str) -> Config | Non
         site=site,
         board=board,
         connectors=connectors,
+        firmware=firmware,
+        diagnostics=diagnostics,
     )
 
 

@@ -223,8 +223,16 @@ def core_keys(number_of_connectors: int) -> dict[str, KeyDef]:
             "SupportedFeatureProfiles",
             KeyType.CSL,
             readonly=True,
-            default="Core,LocalAuthListManagement,RemoteTrigger,SmartCharging",
+            default="Core,FirmwareManagement,LocalAuthListManagement,RemoteTrigger,SmartCharging",
             allowed_values=_FEATURE_PROFILES,
+        ),
+        # FirmwareManagement (errata 3.88): how firmware is fetched and diagnostics sent.
+        KeyDef(
+            "SupportedFileTransferProtocols",
+            KeyType.CSL,
+            readonly=True,
+            default="FTP,FTPS,HTTP,HTTPS",
+            allowed_values=frozenset({"FTP", "FTPS", "HTTP", "HTTPS"}),
         ),
         _int("TransactionMessageAttempts", 3, lo=1),
         _int("TransactionMessageRetryInterval", 60),

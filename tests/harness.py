@@ -54,6 +54,7 @@ def write_config(
     station_id: str = "CP-TEST-1",
     extra_ocpp: Mapping[str, Any] | None = None,
     site_max_a: float | None = None,
+    extra_toml: str = "",
 ) -> Path:
     """A bench config in ``directory``; reconnects are fast so tests do not wait."""
     keys = {"HeartbeatInterval": 300, "MeterValueSampleInterval": 0, "ConnectionTimeOut": 60}
@@ -81,6 +82,8 @@ def write_config(
     ]
     if site_max_a is not None:
         lines += ["[site]", f"max_current_a = {site_max_a}"]
+    if extra_toml:
+        lines.append(extra_toml.strip())  # further tables, e.g. [firmware]
     for connector_id in range(1, connectors + 1):
         lines += [
             "[[connector]]",

@@ -775,6 +775,33 @@ def test_scheduled_unavailability_waits_for_the_ev_to_stop_drawing() -> None:
     assert charger.drain() == [SetContactor(1, False), SetPilot(1, PilotOutput.STATE_F, 0.0)]
 
 
+def test_a_maintenance_hold_lets_a_transaction_finish_and_starts_nothing_new() -> None:
+    # A firmware update waits for the sessions to end (errata 3.49): the free connector is
+    # Unavailable at once, the busy one finishes its transaction and is Unavailable after.
+    charger, _ = make(ConnectorSpec(1, 32, 3), ConnectorSpec(2, 16, 1))
+    start_charging(charger, 2, "T")
+    charger.on_pilot(1, B)  # an EV waits on connector 1, not yet authorized
+    charger.drain()
+    charger.set_maintenance(True)
+    actions = charger.drain()
+    assert actions == [SetPilot(1, PilotOutput.STATE_F, 0.0), status(1, Status.UNAVAILABLE)]
+    assert charger.connector(2).pilot_output is PilotOutput.PWM  # still charging
+    assert charger.on_card("U") is not CardDecision.AUTHORIZE
+    assert not charger.remote_start(1, "R")
+    # ChangeAvailability meanwhile is kept as it was asked, not overwritten by the hold.
+    assert charger.set_operative(1, False)
+    charger.drain()
+
+    charger.on_pilot(2, A)  # the session ends
+    assert statuses(charger.drain(), 2) == [Status.UNAVAILABLE]
+    charger.set_maintenance(False)
+    actions = charger.drain()
+    assert statuses(actions, 2) == [Status.AVAILABLE]
+    assert statuses(actions, 1) == []  # still inoperative, as ChangeAvailability said
+    assert not any(isinstance(a, AvailabilityChanged) for a in actions)
+    assert charger.views()[0].operative is False and charger.views()[0].maintenance is False
+
+
 def test_change_availability_of_connector_0_means_all() -> None:
     charger, _ = make(ConnectorSpec(1, 32, 3), ConnectorSpec(2, 16, 1))
     start_charging(charger, 2, "T")

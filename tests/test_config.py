@@ -20,7 +20,9 @@ from evse_daemon.config import (
     ConfigInvalid,
     ConnectorConfig,
     ControlConfig,
+    DiagnosticsConfig,
     DriverConfig,
+    FirmwareConfig,
     LoggingConfig,
     OcppSection,
     StationConfig,
@@ -302,6 +304,74 @@ def test_all_optional_keys() -> None:
     assert config.connectors[0].max_temperature_c == 70.0
     assert config.connectors[0].lock == mock()
     assert config.connectors[0].rcd is None
+
+
+def test_firmware_and_diagnostics_sections() -> None:
+    assert parse_config(HEAD + connector()).firmware == FirmwareConfig()
+    assert parse_config(HEAD + connector()).diagnostics == DiagnosticsConfig()
+    sections = textwrap.dedent(
+        """\
+        [firmware]
+        install_dir = "/srv/evse"
+        install_command = ["/usr/sbin/fw", "{file}", "--version={version}", "{config}"]
+        rollback_command = ["/usr/sbin/fw", "--rollback"]
+        check_command = []
+        pip_options = ["--index-url", "https://mirror/simple"]
+        default_retries = 0
+        default_retry_interval_s = 5
+        confirm_timeout_s = 30
+        max_unconfirmed_starts = 1
+        require_signed = true
+
+        [diagnostics]
+        journal_unit = ""
+        log_files = ["/var/log/evse.log"]
+        http_method = "POST"
+        """
+    )
+    config = parse_config(HEAD + sections + connector())
+    firmware = config.firmware
+    assert firmware.install_dir == "/srv/evse"
+    assert firmware.install_command == ("/usr/sbin/fw", "{file}", "--version={version}", "{config}")
+    assert firmware.rollback_command == ("/usr/sbin/fw", "--rollback")
+    assert firmware.check_command == ()
+    assert firmware.pip_options == ("--index-url", "https://mirror/simple")
+    assert (firmware.default_retries, firmware.default_retry_interval_s) == (0, 5)
+    assert (firmware.confirm_timeout_s, firmware.max_unconfirmed_starts) == (30.0, 1)
+    assert firmware.require_signed is True
+    assert config.diagnostics == DiagnosticsConfig(
+        journal_unit="", log_files=("/var/log/evse.log",), http_method="POST"
+    )
+
+
+def test_firmware_section_errors() -> None:
+    sections = textwrap.dedent(
+        """\
+        [firmware]
+        install_command = ["/usr/sbin/fw", "{path}"]
+        check_command = "evse-daemon"
+        default_retries = -1
+        require_signed = "yes"
+        rollback_command = ["x", 3]
+
+        [diagnostics]
+        http_method = "GET"
+        """
+    )
+    assert errors_of(HEAD + sections + connector()) == [
+        "evse.toml:9: firmware.install_command[1]: unknown placeholder {path}; "
+        "known: {file}, {version}, {config}",
+        "evse.toml:10: firmware.check_command: expected array of strings, got string",
+        "evse.toml:11: firmware.default_retries: must be between 0 and 100, got -1",
+        "evse.toml:12: firmware.require_signed: expected boolean, got string",
+        "evse.toml:13: firmware.rollback_command[1]: expected string, got integer",
+        'evse.toml:16: diagnostics.http_method: must be "PUT" or "POST", got "GET"',
+    ]
+    text = HEAD + '[firmware]\nrollback_command = ["x"]\n' + connector()
+    assert errors_of(text) == [
+        "evse.toml:9: firmware.rollback_command: only applies with install_command "
+        "(the built-in installer rolls back by itself)"
+    ]
 
 
 def test_connectors_are_ordered_by_id() -> None:

@@ -54,8 +54,9 @@ EXPECTED_KEYS = {
     "SupportedFeatureProfiles": (
         KeyType.CSL,
         True,
-        "Core,LocalAuthListManagement,RemoteTrigger,SmartCharging",
+        "Core,FirmwareManagement,LocalAuthListManagement,RemoteTrigger,SmartCharging",
     ),
+    "SupportedFileTransferProtocols": (KeyType.CSL, True, "FTP,FTPS,HTTP,HTTPS"),
     "TransactionMessageAttempts": (KeyType.INT, False, "3"),
     "TransactionMessageRetryInterval": (KeyType.INT, False, "60"),
     "UnlockConnectorOnEVSideDisconnect": (KeyType.BOOL, False, "true"),

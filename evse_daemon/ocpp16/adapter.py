@@ -57,6 +57,7 @@ from ..profiles import (
     profile_from_ocpp,
 )
 from ..store import AuthRow, Store
+from .firmware import FirmwareManagement16, FirmwareRoutes
 from .frames import FrameError, Ignored, InboundCall, InboundReply, parse_inbound
 from .measurands import meter_value
 
@@ -231,7 +232,7 @@ def _parse_time(value: str) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-class _Link(_OcppChargePoint):  # type: ignore[misc]
+class _Link(FirmwareRoutes, _OcppChargePoint):  # type: ignore[misc]
     """One websocket session with the CSMS: routes its requests to the adapter."""
 
     def __init__(self, cp_id: str, ws: ClientConnection, adapter: OcppAdapter16) -> None:
@@ -497,6 +498,8 @@ class OcppAdapter16:
         # A remote start answered Accepted whose authorization runs after the answer is sent
         # (AuthorizeRemoteTxRequests); the link handles one request at a time.
         self._deferred_remote_start: tuple[str, int | None] | None = None
+        # UpdateFirmware, SignedUpdateFirmware, GetDiagnostics (set up by the app).
+        self.firmware_management: FirmwareManagement16 | None = None
 
     # --- properties for status displays ------------------------------------------------
 
@@ -830,6 +833,46 @@ class OcppAdapter16:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._metering())
             tasks.create_task(self._connection_loop())
+            if self.firmware_management is not None:
+                tasks.create_task(self.firmware_management.run())
+
+    async def wait_online(self) -> None:
+        """Return once connected and registered (BootNotification Accepted)."""
+        while not self.online:
+            await self._online.wait()
+            await asyncio.sleep(0.05)  # set, yet not online (a link just lost): look again
+
+    async def call_when_online(self, payload: Any) -> Any:
+        """Send ``payload`` once registered, as part of the session: a link lost meanwhile
+        raises ConnectionError at once rather than after the message timeout. TimeoutError
+        or the OCPPError of a CALLERROR otherwise, as ``call`` raises them."""
+        while True:
+            await self.wait_online()
+            session, link = self._session, self._link
+            if session is not None and link is not None:
+                break
+            await asyncio.sleep(0.1)
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        async def exchange() -> None:
+            # Nothing may escape into the session's task group: it would end the session.
+            try:
+                answer.set_result(await self._call(link, payload))
+            except (TimeoutError, OCPPError) as exc:
+                answer.set_exception(exc)
+
+        try:
+            task = session.create_task(exchange())
+        except RuntimeError:  # the session is ending
+            raise ConnectionError("the CSMS link is closing") from None
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not answer.done():
+            raise ConnectionError("the CSMS link was lost during the exchange")
+        return answer.result()
 
     async def _connection_loop(self) -> None:
         attempt = 0
@@ -1462,10 +1505,19 @@ class OcppAdapter16:
             targets = [connector_id] if connector_id else self.port.connector_ids
             for target in targets:
                 self._spawn(self._triggered_meter_values(link, target))
-        elif requested == "DiagnosticsStatusNotification":
-            self._spawn(self._call_quietly(link, call.DiagnosticsStatusNotification(status="Idle")))
-        elif requested == "FirmwareStatusNotification":
-            self._spawn(self._call_quietly(link, call.FirmwareStatusNotification(status="Idle")))
+        elif requested in ("DiagnosticsStatusNotification", "FirmwareStatusNotification"):
+            self._spawn(self._call_quietly(link, self._triggered_management_status(requested)))
+
+    def _triggered_management_status(self, requested: str) -> Any:
+        """Idle, unless an update or an upload is under way (§4.4, §4.5)."""
+        management = self.firmware_management
+        if requested == "DiagnosticsStatusNotification":
+            if management is not None:
+                return management.triggered_diagnostics_status()
+            return call.DiagnosticsStatusNotification(status="Idle")
+        if management is not None:
+            return management.triggered_firmware_status()
+        return call.FirmwareStatusNotification(status="Idle")
 
     async def _triggered_meter_values(self, link: _Link, connector_id: int) -> None:
         view = self.port.view(connector_id)
