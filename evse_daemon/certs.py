@@ -17,7 +17,6 @@ event loop run it in a worker thread.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import hashlib
 import itertools
@@ -32,6 +31,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
+
+from .files import fsync_directory, write_atomically
 
 __all__ = (
     "CHARGE_POINT_CERTIFICATE",
@@ -273,35 +274,6 @@ def _common_name(certificate: x509.Certificate | x509.CertificateSigningRequest)
 # Files
 
 
-def _write_file(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` atomically (a power cut leaves the old file or the new one),
-    created with ``mode`` from the start: a private key is never readable by others, not even
-    for the moment between creating and a chmod."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _private_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
@@ -362,7 +334,7 @@ class CertificateStore:
             raise CertificateError(f"the store holds its maximum of {self.max_roots} certificates")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_file(path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+            write_atomically(path, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
         except OSError:
             return InstallOutcome.FAILED
         return InstallOutcome.ACCEPTED
@@ -385,7 +357,7 @@ class CertificateStore:
     def delete_root(self, path: Path) -> DeleteOutcome:
         try:
             path.unlink()
-            _fsync_dir(path.parent)
+            fsync_directory(path.parent)
         except FileNotFoundError:
             return DeleteOutcome.NOT_FOUND
         except OSError:
@@ -413,14 +385,14 @@ class CertificateStore:
             x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
         )
         _private_dir(self._own_dir)
-        _write_file(
+        write_atomically(
             self._own_dir / _PENDING_KEY,
             key.private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             ),
-            0o600,
+            mode=0o600,
         )
         return request.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
@@ -459,15 +431,15 @@ class CertificateStore:
         self._check_chain(chain, now, trusted_roots)
         stem = sha256_name(leaf)
         _private_dir(self._own_dir)
-        _write_file(
+        write_atomically(
             self._own_dir / f"{stem}.pem",
             b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain),
-            0o644,
+            mode=0o644,
         )
         # The key keeps its 0600 mode across the rename; written last, so that a key file
         # always has its certificate beside it.
         os.replace(pending, self._own_dir / f"{stem}.key")
-        _fsync_dir(self._own_dir)
+        fsync_directory(self._own_dir)
         return leaf
 
     @staticmethod

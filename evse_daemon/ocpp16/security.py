@@ -21,7 +21,6 @@ import asyncio
 import base64
 import contextlib
 import logging
-import os
 import ssl
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -52,6 +51,7 @@ from ..certs import (
     sha256_name,
 )
 from ..clock import iso_utc
+from ..files import write_atomically
 from ..ocpp_keys import ChangeResult
 from ..security_log import SecurityLog
 from ..upload import SUPPORTED_SCHEMES, UploadStatus, put_file, target_url
@@ -257,23 +257,9 @@ def _parse_time(value: object) -> datetime | None:
 
 
 def _write_secret(path: Path, value: str) -> None:
-    """The AuthorizationKey on the card: a 0700 directory, a 0600 file made with that mode
-    (never readable by others, not even briefly), replaced atomically."""
+    """The AuthorizationKey on the card: 0600 in a 0700 directory (A01.FR.10)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(value)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomically(path, value.encode("utf-8"), mode=0o600)
 
 
 def _read_secret(path: Path) -> str | None:
