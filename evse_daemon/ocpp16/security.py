@@ -57,6 +57,7 @@ from ..security_log import SecurityLog
 from ..upload import SUPPORTED_SCHEMES, UploadStatus, put_file, target_url
 
 if TYPE_CHECKING:
+    from ..store import Store
     from .adapter import OcppAdapter16, _Link
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ DEFAULT_UPLOAD_RETRIES = 2
 DEFAULT_UPLOAD_RETRY_INTERVAL_S = 30
 UPLOAD_TIMEOUT_S = 60.0
 _STORE_NAMESPACE = "security_events"
+_STATE_NAMESPACE = "security"
 _SECRET_DIR = "secrets"
 
 # OpenSSL reasons for a TLS handshake the CSMS and this charger could not agree on.
@@ -336,6 +338,7 @@ class SecurityManager:
                 log.error("the stored AuthorizationKey is not a valid one; the config file's holds")
         store = adapter._store
         if store is not None:
+            await self._profile_from_the_file(store)
             stored = await store.get_all(_STORE_NAMESPACE)
             for key in sorted(stored):
                 record = stored[key]
@@ -346,6 +349,36 @@ class SecurityManager:
                 self._next_seq = self._events[-1].seq + 1
                 self._events_changed.set()
         await self.event("StartupOfTheDevice")
+
+    async def _profile_from_the_file(self, store: Store) -> None:
+        """A profile the CSMS raised holds across restarts, until a technician changes
+        ocpp.security_profile in the config file: lowering is for "another method than OCPP"
+        (A00.FR.005), and editing the file on the charger is one."""
+        adapter = self._adapter
+        in_file = adapter.section.security_profile
+        recorded = (await store.get_all(_STATE_NAMESPACE)).get("file_profile")
+        if self.profile == in_file:
+            return
+        if recorded is None or recorded == in_file:
+            log.info(
+                "security profile %d, raised by the CSMS (ocpp.security_profile = %d)",
+                self.profile,
+                in_file,
+            )
+            return
+        log.warning(
+            "ocpp.security_profile changed to %d in the config file: it replaces profile %d "
+            "the CSMS had set",
+            in_file,
+            self.profile,
+        )
+        adapter.keys.load({"SecurityProfile": str(in_file)})
+        if adapter._persist_key is not None:
+            await adapter._persist_key("SecurityProfile", str(in_file))
+        await store.delete(_STATE_NAMESPACE, "file_profile")
+        await self.event(
+            "ReconfigurationOfSecurityParameters", f"SecurityProfile {in_file} from the config file"
+        )
 
     async def run(self) -> None:
         """Runs log uploads one at a time, for as long as the adapter runs. A new GetLog
@@ -684,6 +717,11 @@ class SecurityManager:
             value = str(self.profile)
             if adapter._persist_key is not None:
                 await adapter._persist_key("SecurityProfile", value)
+            if adapter._store is not None:
+                # What the file said then: a later edit of it is a technician's decision.
+                await adapter._store.put(
+                    _STATE_NAMESPACE, "file_profile", adapter.section.security_profile
+                )
             log.info("security profile %s in use (was %d)", value, trial.previous)
             await self.event(
                 "ReconfigurationOfSecurityParameters",

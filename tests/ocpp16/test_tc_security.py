@@ -30,9 +30,10 @@ from cryptography.x509.oid import NameOID
 from ocpp.v16 import call
 
 from evse_daemon.bench.csms import Handshake
+from evse_daemon.config import load_config
 from evse_daemon.ocpp16.security import TLS12_CIPHERS
 from tests import pki
-from tests.harness import Bench, bench, config_value
+from tests.harness import Bench, bench, config_value, write_config
 
 CP = "CP-TEST-1"
 PASSWORD = "0123456789abcdef0123"  # 20 characters: the whitepaper's hex AuthorizationKey
@@ -315,6 +316,38 @@ async def test_TC_083_upgrade_security_profile(tmp_path: Path, tls: Pki) -> None
         await b.csms.wait_connected(after=connections)
         assert accepted(b)[-1].client_certificate == der(tls.client)
         assert b.app.adapter.security.profile == 3
+
+
+async def test_a_technician_lowers_the_profile_in_the_config_file(tmp_path: Path, tls: Pki) -> None:
+    # A00.FR.005: lowering is not for OCPP but for "another method": the config file. The
+    # CSMS's raise holds until security_profile is changed there.
+    async with secure_bench(tmp_path, tls, 2, client_files=True) as b:
+        await b.booted()
+        b.csms.basic_auth, b.csms.require_client_certificate = None, True
+        connections = b.csms.connections
+        result = await b.csms.call(call.ChangeConfiguration(key="SecurityProfile", value="3"))
+        assert result.status == "Accepted"
+        await b.csms.wait_connected(after=connections)
+        # The technician puts profile 1 (Basic auth, here over TLS anyway) in the file.
+        b.csms.basic_auth, b.csms.require_client_certificate = {CP: PASSWORD}, False
+        settings = {
+            "security_profile": 1,
+            "basic_auth_password": PASSWORD,
+            "ca_file": str(tls.ca_file),
+        }
+        b.config = load_config(write_config(tmp_path, b.csms.url, extra_ocpp=settings))
+        connections = b.csms.connections
+        await b.restart_app()
+        await b.csms.wait_connected(after=connections)
+        handshake = accepted(b)[-1]
+        assert (handshake.user, handshake.client_certificate) == (CP, None)
+        assert handshake.tls_version is not None
+        assert await get_key(b, "SecurityProfile") == "1"
+        # ... and it stays so across a restart with that file.
+        connections = b.csms.connections
+        await b.restart_app()
+        await b.csms.wait_connected(after=connections)
+        assert accepted(b)[-1].user == CP
 
 
 async def test_TC_083_upgrade_falls_back_when_the_new_profile_cannot_connect(
