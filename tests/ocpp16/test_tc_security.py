@@ -166,11 +166,13 @@ async def test_TC_086_tls_with_server_certificate(
 ) -> None:
     async with secure_bench(tmp_path, tls, 2) as b:
         if tls_version == "TLSv1.2":
+            connections = b.csms.connections
             await b.csms.stop()
             b.csms.ssl_context = pki.server_context(
                 tls.server, maximum_version=ssl.TLSVersion.TLSv1_2
             )
             await b.csms.start()
+            await b.csms.wait_connected(after=connections)
         await b.booted()
         handshake = accepted(b)[-1]
         assert (handshake.user, handshake.password) == (CP, PASSWORD)  # TLS + Basic auth
