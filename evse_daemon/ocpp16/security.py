@@ -50,7 +50,7 @@ from ..certs import (
     load_pem_certificates,
     sha256_name,
 )
-from ..clock import iso_utc
+from ..clock import ClockStamp, correction, iso_utc, stamp
 from ..files import write_atomically
 from ..ocpp_keys import ChangeResult
 from ..security_log import SecurityLog
@@ -195,9 +195,28 @@ class _Event:
     type: str
     timestamp: str
     tech_info: str | None
+    # When it happened, if the wall clock was not trusted then (StartupOfTheDevice on a board
+    # without an RTC): its timestamp is corrected before it is sent.
+    made: ClockStamp | None = None
 
     def record(self) -> dict[str, Any]:
-        return {"type": self.type, "timestamp": self.timestamp, "techInfo": self.tech_info}
+        return {
+            "type": self.type,
+            "timestamp": self.timestamp,
+            "techInfo": self.tech_info,
+            "clock": None if self.made is None else self.made.to_json(),
+        }
+
+    @classmethod
+    def from_record(cls, seq: int, record: dict[str, Any]) -> _Event:
+        made = record.get("clock")
+        return cls(
+            seq,
+            record["type"],
+            record["timestamp"],
+            record.get("techInfo"),
+            None if made is None else ClockStamp.from_json(made),
+        )
 
 
 @dataclass(slots=True)
@@ -341,10 +360,7 @@ class SecurityManager:
             await self._profile_from_the_file(store)
             stored = await store.get_all(_STORE_NAMESPACE)
             for key in sorted(stored):
-                record = stored[key]
-                self._events.append(
-                    _Event(int(key), record["type"], record["timestamp"], record.get("techInfo"))
-                )
+                self._events.append(_Event.from_record(int(key), stored[key]))
             if self._events:
                 self._next_seq = self._events[-1].seq + 1
                 self._events_changed.set()
@@ -425,7 +441,8 @@ class SecurityManager:
             e.type == event_type and e.tech_info == tech for e in self._events
         ):
             return  # the same failure again (a reconnect loop): one notification says it
-        entry = _Event(self._next_seq, event_type[:50], iso_utc(now), tech)
+        made = stamp(adapter.clock, adapter._boot_id)
+        entry = _Event(self._next_seq, event_type[:50], iso_utc(now), tech, made)
         self._next_seq += 1
         self._events.append(entry)
         if len(self._events) > MAX_PENDING_EVENTS:
@@ -465,7 +482,7 @@ class SecurityManager:
                 await adapter._call(
                     link,
                     call.SecurityEventNotification(
-                        type=entry.type, timestamp=entry.timestamp, tech_info=entry.tech_info
+                        type=entry.type, timestamp=self._true_time(entry), tech_info=entry.tech_info
                     ),
                 )
             except OCPPError as exc:
@@ -484,6 +501,18 @@ class SecurityManager:
             if self._events and self._events[0] is entry:
                 self._events.popleft()
             await self._unstore(entry)
+
+    def _true_time(self, entry: _Event) -> str:
+        """The event's timestamp, corrected if it was taken before the time was known and
+        the time is known now (as transaction messages are)."""
+        adapter = self._adapter
+        if entry.made is None:
+            return entry.timestamp
+        error = correction(adapter.clock, entry.made, adapter._boot_id)
+        if error is None:
+            return entry.timestamp
+        moment = datetime.fromisoformat(entry.timestamp.replace("Z", "+00:00")) + error
+        return iso_utc(moment)
 
     def _retry_interval_s(self) -> int:
         return max(1, self._adapter.keys.get_int("TransactionMessageRetryInterval"))

@@ -34,6 +34,7 @@ from evse_daemon.config import load_config
 from evse_daemon.ocpp16.security import TLS12_CIPHERS
 from tests import pki
 from tests.harness import Bench, bench, config_value, write_config
+from tests.ocpp16.test_clock_untrusted import SLACK, STALE, stale_clock
 
 CP = "CP-TEST-1"
 PASSWORD = "0123456789abcdef0123"  # 20 characters: the whitepaper's hex AuthorizationKey
@@ -732,6 +733,23 @@ async def test_a_security_event_the_csms_fails_is_sent_again(tmp_path: Path) -> 
         assert again.payload == failed.payload
         security = b.app.adapter.security
         await b.wait_until(lambda: not security.pending_events, what="the queue emptied")
+
+
+async def test_events_from_before_the_time_was_known_carry_the_true_time(tmp_path: Path) -> None:
+    # A board without an RTC boots years off: StartupOfTheDevice is stamped then, and sent
+    # (corrected) once the CSMS has told the time, which is itself SettingSystemTime.
+    booted_at = datetime.now(UTC)
+    async with bench(tmp_path, clock_factory=stale_clock) as b:
+        startup = await b.csms.wait_for(
+            "SecurityEventNotification", lambda p: p["type"] == "StartupOfTheDevice"
+        )
+        stamp = datetime.fromisoformat(startup.payload["timestamp"].replace("Z", "+00:00"))
+        assert booted_at - SLACK <= stamp <= datetime.now(UTC) + SLACK
+        clock_set = await b.csms.wait_for(
+            "SecurityEventNotification", lambda p: p["type"] == "SettingSystemTime"
+        )
+        moved_s = float(clock_set.payload["techInfo"].split()[3])
+        assert abs(moved_s - STALE.total_seconds()) < SLACK.total_seconds()
 
 
 async def test_reset_is_a_security_event(tmp_path: Path) -> None:
