@@ -142,7 +142,9 @@ _STORE_NAMESPACE = "security_events"
 _STATE_NAMESPACE = "security"
 _SECRET_DIR = "secrets"
 
-# OpenSSL reasons for a TLS handshake the CSMS and this charger could not agree on.
+# OpenSSL reasons for a TLS handshake the CSMS and this charger could not agree on. Only
+# where the alert reaches this side: over asyncio a server's alert often shows as a reset or
+# EOF instead (then it is an ordinary connection failure, retried with the backoff).
 _TLS_VERSION_REASONS = frozenset(
     {"UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_VERSION", "WRONG_SSL_VERSION"}
 )
