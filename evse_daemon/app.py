@@ -24,6 +24,7 @@ from drivers.protocols import CpState, MeterError, MeterReading, PilotOutput, Re
 
 from .auth import Authorizer, AuthSettings
 from .bringup import Bringup, BringupRefused
+from .certs import CertificateUse, roots_dir
 from .charger import (
     Action,
     AuthorizationExpired,
@@ -50,7 +51,7 @@ from .config import Config
 from .control import ControlError, ControlServer
 from .diagnostics import DiagnosticsRunner
 from .firmware_install import build_installer
-from .firmware_runner import FirmwareRunner, manufacturer_roots_dir
+from .firmware_runner import FirmwareRunner
 from .hardware import Hardware
 from .iec61851 import X1_OPEN_UNDER_LOAD_S
 from .limits import ConnectorLimits, LimitDecision, offered_currents, thermal_derating_a
@@ -230,7 +231,7 @@ class App:
             clock=self.clock,
             installer=build_installer(config.firmware, config.path),
             directory=state_dir / "firmware",
-            roots_dir=manufacturer_roots_dir(state_dir),
+            roots_dir=roots_dir(state_dir, CertificateUse.MANUFACTURER_ROOT),
             port=self,
             transfer=transfer,
         )

@@ -18,6 +18,7 @@ import importlib.metadata
 import json
 import os
 import re
+import ssl
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1090,7 +1091,9 @@ _OCPP_SECTION_KEYS = (
 )
 
 
-def _ocpp(chk: _Checker, data: Mapping[str, object], connectors: int) -> OcppSection | None:
+def _ocpp(
+    chk: _Checker, data: Mapping[str, object], connectors: int, file: str
+) -> OcppSection | None:
     table = chk.table(data, (), "ocpp", required=True)
     if table is None:
         return None
@@ -1112,9 +1115,7 @@ def _ocpp(chk: _Checker, data: Mapping[str, object], connectors: int) -> OcppSec
         url_ok = problem is None
     profile = chk.integer(table, path, "security_profile", lo=0, hi=3)
     password = _basic_auth_password(chk, table, path, connectors)
-    ca_file = chk.string(table, path, "ca_file")
-    cert_file = chk.string(table, path, "client_cert_file")
-    key_file = chk.string(table, path, "client_key_file")
+    ca_file, cert_file, key_file = _tls_files(chk, table, path, file)
     timeout = chk.number(table, path, "message_timeout_s", lo=1.0, hi=600.0)
     reconnect_min = chk.number(table, path, "reconnect_min_s", lo=0.01, hi=3600.0)
     reconnect_max = chk.number(table, path, "reconnect_max_s", lo=0.01, hi=3600.0)
@@ -1126,8 +1127,8 @@ def _ocpp(chk: _Checker, data: Mapping[str, object], connectors: int) -> OcppSec
         )
     # A long reconnect_min_s alone should not trip over the default maximum.
     rmax = reconnect_max if reconnect_max is not None else max(60.0, rmin)
-    if profile is not None:
-        _check_security_profile(chk, table, path, profile, url if url_ok else None)
+    if profile is not None or "security_profile" not in table:
+        _check_security_profile(chk, table, path, profile or 0, url if url_ok else None)
     config = _ocpp_config(chk, table, path, connectors)
     if chk.failed_since(mark) or url is None or config is None:
         return None
@@ -1171,14 +1172,82 @@ def _check_security_profile(
     needs: list[str] = []
     if profile in (1, 2) and "basic_auth_password" not in table:
         needs.append("basic_auth_password")
+    pair = ("client_cert_file", "client_key_file")
     if profile == 3:
-        needs += [k for k in ("client_cert_file", "client_key_file") if k not in table]
+        needs += [k for k in pair if k not in table]
+    elif (pair[0] in table) != (pair[1] in table):
+        # One without the other is a half-done setup for a later upgrade to profile 3.
+        given, missing = pair if pair[0] in table else pair[::-1]
+        chk.error((*path, given), f"needs {missing} too")
     if profile >= 2 and url is not None and not url.lower().startswith("wss://"):
         needs.append("a wss:// csms_url")
     if needs:
         chk.error(
             (*path, "security_profile"), f"security profile {profile} needs " + " and ".join(needs)
         )
+
+
+def _tls_files(
+    chk: _Checker, table: Mapping[str, object], path: KeyPath, file: str
+) -> tuple[str | None, str | None, str | None]:
+    """ca_file, client_cert_file and client_key_file: files that exist (a relative path is
+    relative to the config file), and, where this user may read them, that the daemon's TLS
+    stack accepts (ssl loads them here exactly as it will when connecting)."""
+    base_dir = Path(file).resolve().parent if file and not file.startswith("<") else None
+    ca_file, cert_file, key_file = (
+        _existing_file(chk, table, path, key, base_dir)
+        for key in ("ca_file", "client_cert_file", "client_key_file")
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except PermissionError:
+            pass  # check-config run by another user than the daemon: nothing to say
+        except (ssl.SSLError, OSError) as exc:
+            chk.error((*path, "ca_file"), f"no PEM certificate in {ca_file} ({_ssl_reason(exc)})")
+            ca_file = None
+    if cert_file is not None and key_file is not None:
+        mode = os.stat(key_file).st_mode
+        if mode & 0o007:
+            chk.error(
+                (*path, "client_key_file"),
+                f"private key readable by every user (mode {mode & 0o777:04o}); chmod 600 it",
+            )
+        try:
+            context.load_cert_chain(cert_file, key_file)
+        except PermissionError:
+            pass
+        except (ssl.SSLError, OSError) as exc:
+            chk.error(
+                (*path, "client_cert_file"),
+                f"{cert_file} and {key_file} are not a PEM certificate and its private key "
+                f"({_ssl_reason(exc)})",
+            )
+    return ca_file, cert_file, key_file
+
+
+def _ssl_reason(exc: OSError) -> str:
+    reason = getattr(exc, "reason", None)
+    return str(reason) if reason else (exc.strerror or str(exc))
+
+
+def _existing_file(
+    chk: _Checker, table: Mapping[str, object], path: KeyPath, key: str, base_dir: Path | None
+) -> str | None:
+    name = chk.string(table, path, key)
+    if name is None:
+        return None
+    resolved = Path(name).expanduser()
+    if not resolved.is_absolute() and base_dir is not None:
+        resolved = base_dir / resolved
+    if not resolved.exists():
+        chk.error((*path, key), f"file not found: {resolved}")
+        return None
+    if not resolved.is_file():
+        chk.error((*path, key), f"not a file: {resolved}")
+        return None
+    return str(resolved)
 
 
 def _ocpp_value(keydef: ocpp_keys.KeyDef, value: object) -> str | None:
@@ -1599,7 +1668,7 @@ def _build(chk: _Checker, data: Mapping[str, object], file: str) -> Config | Non
     # when [[connector]] itself has errors (ConnectorPhaseRotation depends on the count).
     count = len(entries) if isinstance(entries, list) and entries else 1
     station = _station(chk, data)
-    ocpp = _ocpp(chk, data, count)
+    ocpp = _ocpp(chk, data, count, file)
     storage = _storage(chk, data)
     site = _site(chk, data)
     board = _board(chk, data, file)

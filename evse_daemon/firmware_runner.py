@@ -31,9 +31,6 @@ from .transfer import TransferError, TransferSettings, download, file_name
 
 log = logging.getLogger(__name__)
 
-# Where the manufacturer root certificates are, one PEM per file (the convention shared with
-# the certificate management, which installs them).
-MANUFACTURER_ROOTS = "ManufacturerRootCertificate"
 STORE_NAMESPACE = "firmware"
 STORE_KEY = "job"
 # How often the wait for transactions to end looks again.
@@ -43,10 +40,6 @@ IDLE_POLL_S = 1.0
 WALL_CLOCK_RECHECK_S = 60.0
 # Before the daemon restarts, the statuses reported so far get this long to reach the CSMS.
 REPORT_BEFORE_RESTART_S = 10.0
-
-
-def manufacturer_roots_dir(state_dir: str | Path) -> Path:
-    return Path(state_dir) / "certs" / MANUFACTURER_ROOTS
 
 
 class FirmwarePort(Protocol):

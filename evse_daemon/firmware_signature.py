@@ -3,8 +3,7 @@
 - The signing certificate must be issued directly by one of the manufacturer root
   certificates installed on the charger (L01.FR.12; "the manufacturer SHALL NOT use
   intermediate certificates for the firmware signing certificate"), and both must be valid
-  now. The roots are kept one PEM per file in a directory (``firmware_runner.
-  manufacturer_roots_dir``).
+  now. The roots are kept one PEM per file in a directory (``certs.roots_dir``).
 - The signature (base64) must verify over the entire firmware file with the certificate's
   key and SHA-256 (L01.FR.04): RSA-PSS or ECDSA as the whitepaper names, and RSA PKCS#1 v1.5,
   which common signing tools (``openssl dgst -sha256 -sign``) produce for RSA keys.

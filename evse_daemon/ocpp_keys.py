@@ -264,6 +264,16 @@ def core_keys(number_of_connectors: int) -> dict[str, KeyDef]:
             write_only=True,
         ),
         _int("SecurityProfile", 0, lo=0, hi=3),
+        # Security whitepaper §7. CpoName is the O of the certificate signing requests
+        # (A02.FR.13); X.520 bounds an organizationName to 64 characters.
+        KeyDef("CpoName", KeyType.STRING, readonly=False, default="", max_value=64),
+        # Certificate chains beyond this are Rejected; the whitepaper's ceiling is 10 000.
+        _ro_int("CertificateSignedMaxChainSize", 10000),
+        # Root/CA certificates of both uses together (M05.FR.03).
+        _ro_int("CertificateStoreMaxLength", 20),
+        # M05.FR.08-13 (a new CentralSystemRootCertificate signed by the one it replaces) are
+        # not implemented; the key is required wherever TLS is, so it says so.
+        KeyDef("AdditionalRootCertificateCheck", KeyType.BOOL, readonly=True, default="false"),
         # Smart Charging [S16 §9.4]. Read-only: what this charger can hold, which the config
         # file may lower (a CSMS reading them sizes its profiles to fit).
         _ro_int("ChargeProfileMaxStackLevel", 8),
@@ -479,8 +489,9 @@ class OcppConfiguration:
         if value is None:
             return ChangeResult.REJECTED
         # The security whitepaper forbids the CSMS to lower the security profile: that would
-        # let anyone who can reach the CSMS endpoint downgrade the charger's link.
-        if name == "SecurityProfile" and int(value) < int(self._values[name]):
+        # let anyone who can reach the CSMS endpoint downgrade the charger's link. The same
+        # value is Rejected too (A05.FR.01), so that Accepted always means "reconnecting".
+        if name == "SecurityProfile" and int(value) <= int(self._values[name]):
             return ChangeResult.REJECTED
         self._values[name] = value
         self._changed.add(name)

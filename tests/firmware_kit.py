@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from evse_daemon.firmware_runner import manufacturer_roots_dir
+from evse_daemon.certs import CertificateUse, roots_dir
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -147,7 +147,7 @@ def sign(data: bytes, signer: Issued, scheme: str = "default") -> str:
 
 
 def install_root(state_dir: Path, root: Issued, name: str = "manufacturer") -> Path:
-    directory = manufacturer_roots_dir(state_dir)
+    directory = roots_dir(state_dir, CertificateUse.MANUFACTURER_ROOT)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.pem"
     path.write_text(root.pem)

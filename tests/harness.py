@@ -226,6 +226,10 @@ async def bench(directory: Path, **kwargs: Any) -> AsyncIterator[Bench]:
             "id_tag_parent",
             "id_tag_expiry",
             "heartbeat_interval_s",
+            "ssl_context",
+            "url_host",
+            "basic_auth",
+            "require_client_certificate",
         )
         if k in kwargs
     }

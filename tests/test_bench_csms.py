@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gc
 import json
 import logging
+import ssl
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
 from evse_daemon.bench.csms import MALFORMED, UNSOLICITED, BenchCsms
+from tests import pki
 
 BOOT = call.BootNotification(charge_point_model="PiCharger", charge_point_vendor="ExampleVendor")
 
@@ -476,3 +480,48 @@ async def test_restart_on_the_same_url() -> None:
             assert await csms.wait_connected(timeout_s=5, after=1) == "CP1"
     finally:
         await csms.stop()
+
+
+async def test_basic_auth_and_tls_client_certificates_are_checked_and_recorded(
+    tmp_path: Path,
+) -> None:
+    root = pki.make_ca()
+    server = pki.make_leaf(root, "localhost", dns_names=["localhost"])
+    client = pki.make_leaf(root, "CP1", client=True)
+    csms = BenchCsms(
+        ssl_context=pki.server_context(server, client_ca=root),
+        url_host="localhost",
+        basic_auth={"CP1": "secret-password-1"},
+    )
+    async with csms:
+        assert csms.url.startswith("wss://localhost:")
+        context = ssl.create_default_context(cadata=root.cert_pem())
+        protocols = [Subprotocol("ocpp1.6")]
+        with pytest.raises(InvalidStatus) as refused:
+            await websockets.connect(f"{csms.url}/CP1", ssl=context, subprotocols=protocols)
+        assert refused.value.response.status_code == 401
+        token = base64.b64encode(b"CP1:secret-password-1").decode()
+        headers = {"Authorization": f"Basic {token}"}
+        async with websockets.connect(
+            f"{csms.url}/CP1", ssl=context, subprotocols=protocols, additional_headers=headers
+        ):
+            await csms.wait_connected()
+        # Profile 3 from now on: a client certificate, no Basic credentials needed.
+        csms.basic_auth = None
+        csms.require_client_certificate = True
+        with pytest.raises(InvalidStatus):
+            await websockets.connect(f"{csms.url}/CP1", ssl=context, subprotocols=protocols)
+        cert_path, key_path = client.write(tmp_path, "client")
+        context.load_cert_chain(cert_path, key_path)
+        async with websockets.connect(f"{csms.url}/CP1", ssl=context, subprotocols=protocols):
+            await csms.wait_connected(after=1)
+    seen = [
+        (h.status, h.user, h.password, h.client_certificate is not None) for h in csms.handshakes
+    ]
+    assert seen == [
+        (401, None, None, False),
+        (101, "CP1", "secret-password-1", False),
+        (401, None, None, False),
+        (101, None, None, True),
+    ]
+    assert all(h.tls_version in ("TLSv1.2", "TLSv1.3") for h in csms.handshakes)

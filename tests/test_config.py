@@ -30,6 +30,7 @@ from evse_daemon.config import (
     load_config,
     parse_config,
 )
+from tests import pki
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "systemd" / "evse.toml.example"
@@ -120,6 +121,14 @@ def single_error(text: str) -> str:
     errors = errors_of(text)
     assert len(errors) == 1, errors
     return errors[0]
+
+
+def tls_files(directory: Path) -> None:
+    """csms-ca.pem, client.pem and client.key (0600) in ``directory``: what a TLS setup
+    names, real enough for ssl to load."""
+    ca = pki.make_ca()
+    (directory / "csms-ca.pem").write_text(ca.cert_pem())
+    pki.make_leaf(ca, "CP-1", client=True).write(directory, "client")
 
 
 def mock(**options: object) -> DriverConfig:
@@ -220,9 +229,11 @@ def test_example_file_parses() -> None:
     assert config.is_bench
 
 
-def test_example_file_stays_valid_with_every_commented_setting_enabled() -> None:
-    # The commented-out lines document defaults and options: each must be valid as written.
-    text = EXAMPLE.read_text()
+def test_example_file_stays_valid_with_every_commented_setting_enabled(tmp_path: Path) -> None:
+    # The commented-out lines document defaults and options: each must be valid as written
+    # (the certificate files it names are made here, where they can be).
+    tls_files(tmp_path)
+    text = EXAMPLE.read_text().replace("/etc/evse-daemon/", f"{tmp_path}/")
     enabled = re.sub(r"^# ([A-Za-z_]+ = )", r"\1", text, flags=re.MULTILINE)
     assert enabled.count("\n# ") < text.count("\n# ")
     config = parse_config(enabled, "enabled.toml")
@@ -253,7 +264,8 @@ def test_site_limit() -> None:
     ]
 
 
-def test_all_optional_keys() -> None:
+def test_all_optional_keys(tmp_path: Path) -> None:
+    tls_files(tmp_path)
     text = textwrap.dedent(
         """\
         [station]
@@ -268,9 +280,9 @@ def test_all_optional_keys() -> None:
         version = "1.6"
         csms_url = "wss://csms.example/ocpp"
         security_profile = 3
-        ca_file = "/etc/ca.pem"
-        client_cert_file = "/etc/c.pem"
-        client_key_file = "/etc/c.key"
+        ca_file = "{tmp}/csms-ca.pem"
+        client_cert_file = "{tmp}/client.pem"
+        client_key_file = "{tmp}/client.key"
         message_timeout_s = 12.5
         reconnect_min_s = 0.5
         reconnect_max_s = 30
@@ -288,14 +300,14 @@ def test_all_optional_keys() -> None:
         meter = { driver = "mock" }
         lock = { driver = "mock" }
         """
-    )
+    ).replace("{tmp}", str(tmp_path))
     config = parse_config(text)
     assert config.station == StationConfig("CP-7", "V", "M", "SN-1", "9.9", 240.0)
     assert config.ocpp.security_profile == 3
-    assert config.ocpp.ca_file == "/etc/ca.pem"
+    assert config.ocpp.ca_file == f"{tmp_path}/csms-ca.pem"
     assert (config.ocpp.client_cert_file, config.ocpp.client_key_file) == (
-        "/etc/c.pem",
-        "/etc/c.key",
+        f"{tmp_path}/client.pem",
+        f"{tmp_path}/client.key",
     )
     assert config.ocpp.message_timeout_s == 12.5
     assert (config.ocpp.reconnect_min_s, config.ocpp.reconnect_max_s) == (0.5, 30.0)
@@ -877,14 +889,15 @@ def test_reconnect_bounds() -> None:
             "security profile 2 needs basic_auth_password and a wss:// csms_url",
         ),
         (
-            'security_profile = 3\nclient_cert_file = "/c.pem"',
+            'security_profile = 3\nclient_cert_file = "{tmp}/client.pem"',
             "security profile 3 needs client_key_file and a wss:// csms_url",
         ),
         ("security_profile = 4", "must be between 0 and 3, got 4"),
     ],
 )
-def test_security_profile_needs_its_settings(settings: str, message: str) -> None:
-    text = HEAD + settings + "\n" + connector()
+def test_security_profile_needs_its_settings(settings: str, message: str, tmp_path: Path) -> None:
+    tls_files(tmp_path)
+    text = HEAD + settings.replace("{tmp}", str(tmp_path)) + "\n" + connector()
     assert single_error(text) == f"evse.toml:8: ocpp.security_profile: {message}"
 
 
@@ -909,6 +922,70 @@ def test_basic_auth_password_length() -> None:
         single_error(text)
         == "evse.toml:8: ocpp.basic_auth_password: must be 16 to 40 characters, got 5"
     )
+
+
+def test_tls_files_must_exist_relative_to_the_config_file(tmp_path: Path) -> None:
+    tls_files(tmp_path)
+    body = (
+        'ca_file = "csms-ca.pem"\nclient_cert_file = "client.pem"\n'
+        'client_key_file = "missing.key"\n'
+    )
+    path = tmp_path / "evse.toml"
+    path.write_text(HEAD + body + connector())
+    with pytest.raises(ConfigInvalid) as info:
+        load_config(path)
+    assert [str(e) for e in info.value.errors] == [
+        f"{path}:10: ocpp.client_key_file: file not found: {tmp_path}/missing.key"
+    ]
+    path.write_text(HEAD + body.replace("missing.key", "client.key") + connector())
+    ocpp = load_config(path).ocpp
+    assert (ocpp.ca_file, ocpp.client_cert_file, ocpp.client_key_file) == (
+        f"{tmp_path}/csms-ca.pem",
+        f"{tmp_path}/client.pem",
+        f"{tmp_path}/client.key",
+    )
+
+
+def test_tls_file_contents_are_checked_as_the_tls_stack_reads_them(tmp_path: Path) -> None:
+    tls_files(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a certificate\n")
+    other = pki.make_leaf(pki.make_ca(), "CP-1", client=True)
+    other.write(tmp_path, "other")
+    text = (
+        HEAD
+        + f'ca_file = "{tmp_path}/notes.txt"\n'
+        + f'client_cert_file = "{tmp_path}/client.pem"\n'
+        + f'client_key_file = "{tmp_path}/other.key"\n'
+        + connector()
+    )
+    errors = errors_of(text)
+    assert len(errors) == 2, errors
+    assert errors[0].startswith(f"evse.toml:8: ocpp.ca_file: no PEM certificate in {tmp_path}")
+    assert errors[1].startswith(
+        f"evse.toml:9: ocpp.client_cert_file: {tmp_path}/client.pem and {tmp_path}/other.key "
+        "are not a PEM certificate and its private key ("
+    )
+
+
+def test_private_key_readable_by_everyone_is_refused(tmp_path: Path) -> None:
+    tls_files(tmp_path)
+    (tmp_path / "client.key").chmod(0o644)
+    text = (
+        HEAD
+        + f'client_cert_file = "{tmp_path}/client.pem"\n'
+        + f'client_key_file = "{tmp_path}/client.key"\n'
+        + connector()
+    )
+    assert single_error(text) == (
+        "evse.toml:9: ocpp.client_key_file: private key readable by every user (mode 0644); "
+        "chmod 600 it"
+    )
+
+
+def test_client_certificate_without_its_key(tmp_path: Path) -> None:
+    tls_files(tmp_path)
+    text = HEAD + f'client_cert_file = "{tmp_path}/client.pem"\n' + connector()
+    assert single_error(text) == "evse.toml:8: ocpp.client_cert_file: needs client_key_file too"
 
 
 def test_logging_level_is_case_insensitive() -> None:

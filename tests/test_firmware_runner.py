@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from evse_daemon import firmware_runner
+from evse_daemon.certs import CertificateUse, roots_dir
 from evse_daemon.clock import FakeClock
 from evse_daemon.config import FirmwareConfig
 from evse_daemon.firmware import FirmwareJob, FirmwareStatus
 from evse_daemon.firmware_install import CommandInstaller
-from evse_daemon.firmware_runner import FirmwareRunner, manufacturer_roots_dir
+from evse_daemon.firmware_runner import FirmwareRunner
 from evse_daemon.store import Store
 from evse_daemon.transfer import TransferSettings
 from tests.file_servers import HttpFiles, http_files
@@ -84,7 +85,7 @@ async def _running(
         clock=clock,
         installer=CommandInstaller(settings, "/etc/evse.toml"),
         directory=tmp_path / "state" / "firmware",
-        roots_dir=manufacturer_roots_dir(tmp_path / "state"),
+        roots_dir=roots_dir(tmp_path / "state", CertificateUse.MANUFACTURER_ROOT),
         port=stand_in,
         transfer=TransferSettings(timeout_s=10),
     )

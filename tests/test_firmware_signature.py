@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from evse_daemon.firmware_runner import manufacturer_roots_dir
+from evse_daemon.certs import CertificateUse, roots_dir
 from evse_daemon.firmware_signature import (
     CertificateInvalid,
     check_signing_certificate,
@@ -35,7 +35,7 @@ def test_a_signature_by_a_certificate_of_an_installed_root_verifies(
     firmware = tmp_path / "fw.whl"
     firmware.write_bytes(FIRMWARE)
 
-    roots = load_roots(manufacturer_roots_dir(tmp_path))
+    roots = load_roots(roots_dir(tmp_path, CertificateUse.MANUFACTURER_ROOT))
     assert len(roots) == 2
     certificate = check_signing_certificate(signer.pem, roots, _now())
     assert signature_valid(firmware, sign(FIRMWARE, signer, scheme), certificate)
@@ -73,8 +73,8 @@ def test_certificates_that_are_not_to_be_trusted(tmp_path: Path) -> None:
 def test_an_unreadable_root_file_does_not_disable_the_others(tmp_path: Path) -> None:
     root = manufacturer_root()
     install_root(tmp_path, root)
-    (manufacturer_roots_dir(tmp_path) / "broken.pem").write_text("garbage")
-    assert [c.subject for c in load_roots(manufacturer_roots_dir(tmp_path))] == [
-        root.certificate.subject
-    ]
+    (roots_dir(tmp_path, CertificateUse.MANUFACTURER_ROOT) / "broken.pem").write_text("garbage")
+    assert [
+        c.subject for c in load_roots(roots_dir(tmp_path, CertificateUse.MANUFACTURER_ROOT))
+    ] == [root.certificate.subject]
     assert load_roots(tmp_path / "nowhere") == []

@@ -67,6 +67,10 @@ EXPECTED_KEYS = {
     "SendLocalListMaxLength": (KeyType.INT, True, "1000"),
     "AuthorizationKey": (KeyType.STRING, False, ""),
     "SecurityProfile": (KeyType.INT, False, "0"),
+    "CpoName": (KeyType.STRING, False, ""),
+    "CertificateSignedMaxChainSize": (KeyType.INT, True, "10000"),
+    "CertificateStoreMaxLength": (KeyType.INT, True, "20"),
+    "AdditionalRootCertificateCheck": (KeyType.BOOL, True, "false"),
     "ChargeProfileMaxStackLevel": (KeyType.INT, True, "8"),
     "ChargingScheduleAllowedChargingRateUnit": (KeyType.CSL, True, "Current,Power"),
     "ChargingScheduleMaxPeriods": (KeyType.INT, True, "24"),
@@ -326,8 +330,10 @@ def test_security_profile_may_be_raised_but_not_lowered() -> None:
     config = OcppConfiguration(core_keys(1))
     assert config.change("SecurityProfile", "2") is ChangeResult.ACCEPTED
     assert config.change("SecurityProfile", "1") is ChangeResult.REJECTED
-    assert config.change("SecurityProfile", "2") is ChangeResult.ACCEPTED
-    assert config.get_int("SecurityProfile") == 2
+    # The same value is not a raise either (security whitepaper A05.FR.01).
+    assert config.change("SecurityProfile", "2") is ChangeResult.REJECTED
+    assert config.change("SecurityProfile", "3") is ChangeResult.ACCEPTED
+    assert config.get_int("SecurityProfile") == 3
 
 
 def test_write_only_key_is_settable_but_never_listed() -> None:

@@ -14,14 +14,21 @@ Every frame the charge point sends is observed before the ``ocpp`` library route
   waits for as :data:`UNSOLICITED` (both with ``error`` set).
 * CALLRESULT/CALLERROR frames answer either one of our own :meth:`BenchCsms.call` calls
   (handed to the library) or a :meth:`BenchCsms.send_raw` frame.
+
+For the OCPP security profiles it can serve TLS (``ssl``), ask for HTTP Basic credentials
+(``basic_auth``) and insist on a client certificate (``require_client_certificate``); every
+websocket handshake that reaches HTTP is recorded in :attr:`BenchCsms.handshakes`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import logging
+import ssl
 import time
 import uuid
 from collections import deque
@@ -51,6 +58,7 @@ __all__ = [
     "MALFORMED",
     "UNSOLICITED",
     "BenchCsms",
+    "Handshake",
     "ReceivedMessage",
 ]
 
@@ -98,6 +106,33 @@ class ReceivedMessage:
     #: None when the CSMS answered with a CALLRESULT; otherwise the CALLERROR code it
     #: answered with, or why the frame was not handled ("malformed", "unsolicited").
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """A websocket handshake as the CSMS saw it, whether it let it through or not."""
+
+    path: str
+    #: The HTTP status answered: 101 when the connection was accepted.
+    status: int
+    #: HTTP Basic credentials, None without (or with an unreadable) Authorization header.
+    user: str | None
+    password: str | None
+    #: The client certificate (DER) the charge point presented over TLS, if any.
+    client_certificate: bytes | None
+    tls_version: str | None
+    cipher: str | None
+
+
+def _basic_credentials(header: str | None) -> tuple[str, str] | None:
+    if header is None or not header.startswith("Basic "):
+        return None
+    try:
+        decoded = base64.b64decode(header[len("Basic ") :], validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None
 
 
 class _Session:
@@ -341,6 +376,10 @@ class BenchCsms:
         id_tag_expiry: dict[str, str] | None = None,
         on_message: MessageCallback | None = None,
         call_errors: dict[str, int] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        url_host: str | None = None,
+        basic_auth: dict[str, str] | None = None,
+        require_client_certificate: bool = False,
     ) -> None:
         responses = list(boot_responses) if boot_responses else [("Accepted", heartbeat_interval_s)]
         registration = {s.value for s in RegistrationStatus}
@@ -380,6 +419,19 @@ class BenchCsms:
         self.transaction_ids: dict[int, str] = {}
         #: When False, new websocket handshakes get HTTP 503 while the port stays open.
         self.accepting = True
+        #: TLS for wss:// (None: plain ws://); read when the server starts.
+        self.ssl_context = ssl_context
+        #: The host name in :attr:`url` (e.g. the one the server certificate names); the
+        #: server listens on ``host`` either way.
+        self.url_host = url_host
+        #: Charge point id → the HTTP Basic password it must present; None: no Basic auth.
+        #: A missing or wrong one gets HTTP 401. May be changed while running.
+        self.basic_auth = dict(basic_auth) if basic_auth is not None else None
+        #: Refuse (HTTP 401) a connection without a TLS client certificate (the TLS context
+        #: verifies one that is presented). May be changed while running.
+        self.require_client_certificate = require_client_certificate
+        #: Every handshake that reached HTTP, in order.
+        self.handshakes: list[Handshake] = []
         self.boot_count = 0
         self._next_transaction_id = 1
         self._server: Server | None = None
@@ -400,11 +452,14 @@ class BenchCsms:
             self.port,
             subprotocols=[OCPP16],
             process_request=self._process_request,
+            ssl=self.ssl_context,
         )
         # Kept, so that stop() and start() again simulate a CSMS restart on the same URL.
         self.port = self._server.sockets[0].getsockname()[1]
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        self.url = f"ws://{host}:{self.port}{self.path}"
+        name = self.url_host or self.host
+        host = f"[{name}]" if ":" in name else name
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        self.url = f"{scheme}://{host}:{self.port}{self.path}"
         LOGGER.info("bench CSMS listening on %s", self.url)
         return self.url
 
@@ -636,13 +691,56 @@ class BenchCsms:
         return cp_id or None
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        response = self._refusal(connection, request)
+        credentials = _basic_credentials(request.headers.get("Authorization"))
+        ssl_object = connection.transport.get_extra_info("ssl_object")
+        certificate = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        cipher = ssl_object.cipher() if ssl_object else None
+        self.handshakes.append(
+            Handshake(
+                path=request.path,
+                status=response.status_code if response is not None else 101,
+                user=credentials[0] if credentials else None,
+                password=credentials[1] if credentials else None,
+                client_certificate=certificate,
+                tls_version=ssl_object.version() if ssl_object else None,
+                cipher=cipher[0] if cipher else None,
+            )
+        )
+        self._pulse()
+        return response
+
+    def _refusal(self, connection: ServerConnection, request: Request) -> Response | None:
         if not self.accepting:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "CSMS unavailable\n")
-        if self._charge_point_id(request.path) is None:
+        cp_id = self._charge_point_id(request.path)
+        if cp_id is None:
             return connection.respond(
                 HTTPStatus.NOT_FOUND, f"expected {self.path}/<charge point id>\n"
             )
+        if self.basic_auth is not None:
+            credentials = _basic_credentials(request.headers.get("Authorization"))
+            expected = self.basic_auth.get(cp_id)
+            if credentials is None or expected is None or credentials != (cp_id, expected):
+                response = connection.respond(HTTPStatus.UNAUTHORIZED, "wrong credentials\n")
+                response.headers["WWW-Authenticate"] = 'Basic realm="OCPP"'
+                return response
+        if self.require_client_certificate:
+            ssl_object = connection.transport.get_extra_info("ssl_object")
+            if ssl_object is None or not ssl_object.getpeercert(binary_form=True):
+                return connection.respond(HTTPStatus.UNAUTHORIZED, "client certificate needed\n")
         return None
+
+    async def wait_handshakes(self, count: int, timeout_s: float = 10.0) -> list[Handshake]:
+        """Wait until at least ``count`` handshakes were seen; returns them all."""
+
+        def find() -> list[Handshake] | None:
+            return list(self.handshakes) if len(self.handshakes) >= count else None
+
+        def explain() -> str:
+            return f"{len(self.handshakes)} handshakes within {timeout_s:g}s, not {count}"
+
+        return await self._wait_until(find, timeout_s, explain)
 
     async def _handle_connection(self, ws: ServerConnection) -> None:
         request = ws.request

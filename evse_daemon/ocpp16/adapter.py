@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import sqlite3
 import time
@@ -19,6 +20,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -38,7 +40,7 @@ from ocpp.v16 import ChargePoint as _OcppChargePoint
 from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed
 
 from drivers.protocols import MeterReading
 
@@ -60,6 +62,14 @@ from ..store import AuthRow, Store
 from .firmware import FirmwareManagement16, FirmwareRoutes
 from .frames import FrameError, Ignored, InboundCall, InboundReply, parse_inbound
 from .measurands import meter_value
+from .security import (
+    SECURITY_KEYS,
+    HandshakeFailed,
+    ReconnectRequested,
+    SecurityHandlers,
+    SecurityManager,
+    redacted,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +82,6 @@ STABLE_CONNECTION_S = 60.0
 # Retry delay for BootNotification when the CSMS gives interval 0 (§4.2.1: the charge point
 # then chooses a delay that does not flood the CSMS).
 DEFAULT_BOOT_RETRY_S = 30.0
-# The CSMS may suspend a charge point with HTTP 401/403: retrying those quickly is useless and
-# may get the station blocked, so they wait at least this long.
-AUTH_FAILURE_RETRY_S = 60.0
 
 Narrator = Callable[[str, str, dict[str, Any]], None]
 
@@ -232,7 +239,7 @@ def _parse_time(value: str) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-class _Link(FirmwareRoutes, _OcppChargePoint):  # type: ignore[misc]
+class _Link(FirmwareRoutes, SecurityHandlers, _OcppChargePoint):  # type: ignore[misc]
     """One websocket session with the CSMS: routes its requests to the adapter."""
 
     def __init__(self, cp_id: str, ws: ClientConnection, adapter: OcppAdapter16) -> None:
@@ -270,7 +277,7 @@ class _Link(FirmwareRoutes, _OcppChargePoint):  # type: ignore[misc]
             await self._send(inbound.to_json())
             return
         assert isinstance(inbound, InboundCall)
-        adapter.narrate("in", inbound.action, inbound.payload)
+        adapter.narrate("in", inbound.action, redacted(inbound.action, inbound.payload))
         message = Call(inbound.message_id, inbound.action, inbound.payload)
         try:
             await self._handle_call(message)
@@ -310,8 +317,12 @@ class _Link(FirmwareRoutes, _OcppChargePoint):  # type: ignore[misc]
         return call_result.Reset(status="Accepted")
 
     @after(Action.reset)
-    def _after_reset(self, type: str, **_: Any) -> None:
-        self._adapter.port.request_reset(ResetKind(type))
+    async def _after_reset(self, type: str, **_: Any) -> None:
+        try:
+            # On the card before the reset stops the daemon; sent after it (A04.FR.02).
+            await self._adapter.security_event("ResetOrReboot", f"{type} reset by the CSMS")
+        finally:
+            self._adapter.port.request_reset(ResetKind(type))
 
     @on(Action.unlock_connector, skip_schema_validation=True)
     async def _unlock(self, connector_id: int, **_: Any) -> call_result.UnlockConnector:
@@ -453,6 +464,7 @@ class OcppAdapter16:
         narrator: Narrator | None = None,
         store: Store | None = None,
         max_queued_messages: int = 10000,
+        state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         # The library validates in a thread pool by default; that thread races on shutdown
         # and adds a context switch per message. Inline validation costs ~0.1 ms.
@@ -495,11 +507,15 @@ class OcppAdapter16:
             str, Callable[[str | None, str | None], tuple[str, str | None]]
         ] = {"org.evse-daemon": self._own_vendor_data}
         self.connection_count = 0
+        self.connection_attempts = 0
         # A remote start answered Accepted whose authorization runs after the answer is sent
         # (AuthorizeRemoteTxRequests); the link handles one request at a time.
         self._deferred_remote_start: tuple[str, int | None] | None = None
         # UpdateFirmware, SignedUpdateFirmware, GetDiagnostics (set up by the app).
         self.firmware_management: FirmwareManagement16 | None = None
+        if state_dir is None and store is not None:
+            state_dir = store.path.parent
+        self.security = SecurityManager(self, Path(state_dir) if state_dir is not None else None)
 
     # --- properties for status displays ------------------------------------------------
 
@@ -532,7 +548,14 @@ class OcppAdapter16:
             "queue_bound": self.max_queued_messages,
             "thinned_meter_values": self.thinned_meter_values,
             "connections": self.connection_count,
+            "connection_attempts": self.connection_attempts,
+            "security_profile": self.security.profile,
         }
+
+    async def security_event(self, event_type: str, tech_info: str | None = None) -> None:
+        """A security event (security whitepaper §8): written to the security log, and, if
+        it is one the CSMS is told of, queued on the card and sent when the link is up."""
+        await self.security.event(event_type, tech_info)
 
     # --- events from the charger ------------------------------------------------------------
 
@@ -542,6 +565,7 @@ class OcppAdapter16:
 
     async def load(self) -> None:
         """Take over the queue and the transactionIds a previous run left in the store."""
+        await self.security.load()
         if self._store is None:
             return
         for row in await self._store.transactions():
@@ -835,6 +859,7 @@ class OcppAdapter16:
             tasks.create_task(self._connection_loop())
             if self.firmware_management is not None:
                 tasks.create_task(self.firmware_management.run())
+            tasks.create_task(self.security.run())
 
     async def wait_online(self) -> None:
         """Return once connected and registered (BootNotification Accepted)."""
@@ -879,13 +904,15 @@ class OcppAdapter16:
         while True:
             started = time.monotonic()
             minimum_wait = 0.0
+            reconnect_now = False
             try:
                 await self._connect_once()
-            except* InvalidStatus as group:
-                code = _first(group).response.status_code
-                log.error("CSMS refused the websocket handshake: HTTP %s", code)
-                if code in (401, 403):
-                    minimum_wait = AUTH_FAILURE_RETRY_S
+            except* HandshakeFailed as group:
+                # Logged (once per kind of failure) where it was judged.
+                minimum_wait = _first(group).retry_after_s
+            except* ReconnectRequested as group:
+                log.info("reconnecting to the CSMS: %s", _first(group))
+                reconnect_now = True
             except* ConnectionClosed:
                 log.warning("CSMS connection lost")
             except* (OSError, TimeoutError, websockets.InvalidHandshake) as group:
@@ -895,6 +922,9 @@ class OcppAdapter16:
                 log.error("OCPP session failed", exc_info=_first(group))
             finally:
                 self._disconnected()
+            if reconnect_now:
+                attempt = 0
+                continue
             if time.monotonic() - started >= STABLE_CONNECTION_S:
                 attempt = 0
             delay = max(minimum_wait, self._backoff_s(attempt))
@@ -907,33 +937,52 @@ class OcppAdapter16:
         self._link = None
         self._session = None
         self._online.clear()
+        self.security.disconnected()
 
     async def _connect_once(self) -> None:
         ping_s = self.keys.get_int("WebSocketPingInterval")
-        async with websockets.connect(
-            self._url(),
-            subprotocols=[websockets.Subprotocol(SUBPROTOCOL)],
-            ping_interval=ping_s or None,
-            ping_timeout=ping_s or None,
-            open_timeout=self.message_timeout_s,
-            max_size=WEBSOCKET_MAX_FRAME_BYTES,
-            proxy=None,
-            compression=None,
-            # A stopping daemon does not wait 10 s (the default) for the CSMS's close frame.
-            close_timeout=2.0,
-        ) as ws:
+        self.connection_attempts += 1
+        plan = await self.security.connect_plan()
+        try:
+            ws = await websockets.connect(
+                plan.url,
+                subprotocols=[websockets.Subprotocol(SUBPROTOCOL)],
+                ssl=plan.ssl_context,
+                additional_headers=plan.headers,
+                ping_interval=ping_s or None,
+                ping_timeout=ping_s or None,
+                open_timeout=self.message_timeout_s,
+                max_size=WEBSOCKET_MAX_FRAME_BYTES,
+                proxy=None,
+                compression=None,
+                # A stopping daemon does not wait 10 s (the default) for the CSMS's close frame.
+                close_timeout=2.0,
+            )
+        except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+            raise await self.security.handshake_failed(exc) from exc
+        async with ws:
             if ws.subprotocol != SUBPROTOCOL:
                 # A CSMS that negotiated no subprotocol may not speak 1.6 at all.
                 raise websockets.InvalidHandshake(f"CSMS did not accept {SUBPROTOCOL}")
+            await self.security.connected(ws)
             link = _Link(self.station.id, ws, self)
             self._link = link
             self.connected = True
             self.connection_count += 1
-            log.info("connected to %s", self._url())
+            log.info("connected to %s (security profile %d)", plan.url, plan.profile)
             async with asyncio.TaskGroup() as session:
                 self._session = session
                 session.create_task(link.start())
                 session.create_task(self._run_session(link, session))
+
+    def request_reconnect(self, reason: str) -> None:
+        """End the session (after the answer being sent has gone out) and connect again at
+        once: new credentials or a new security profile take effect on a new connection."""
+        self._spawn(self._end_session(reason))
+
+    @staticmethod
+    async def _end_session(reason: str) -> None:
+        raise ReconnectRequested(reason)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         session = self._session
@@ -1018,6 +1067,9 @@ class OcppAdapter16:
             # the order they are asked for, so the queue's head goes first.
             session.create_task(self._tx_sender(link))
             session.create_task(self._status_sender(link))
+        # Security events after the messages above: a CSMS learns of a reboot once it knows
+        # the charger's state.
+        session.create_task(self.security.send_events(link))
 
     # --- status notifications ---------------------------------------------------------------
 
@@ -1102,8 +1154,11 @@ class OcppAdapter16:
         if moment is None:
             log.warning("the CSMS's currentTime %r is not a time; ignored", current_time)
             return
-        if isinstance(self.clock, SystemClock) and self.clock.adjust_to(moment):
-            self.port.clock_set()
+        if isinstance(self.clock, SystemClock):
+            before = self.clock.utc_now()
+            if self.clock.adjust_to(moment):
+                self.port.clock_set()
+                self._spawn(self.security.clock_set((moment - before).total_seconds()))
 
     # --- transaction messages ---------------------------------------------------------------
 
@@ -1438,6 +1493,11 @@ class OcppAdapter16:
         return known, unknown
 
     async def change_configuration(self, key: str, value: str) -> str:
+        if key in SECURITY_KEYS:
+            status = await self.security.change_configuration(key, value)
+            if status == ChangeResult.ACCEPTED.value:
+                self.port.configuration_changed(key)
+            return status
         result = self.keys.change(key, value)
         if result in (ChangeResult.ACCEPTED, ChangeResult.REBOOT_REQUIRED):
             if self._persist_key is not None:

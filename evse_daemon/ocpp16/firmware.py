@@ -25,7 +25,6 @@ from ocpp.routing import on
 from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action
 
-from ..clock import iso_utc
 from ..diagnostics import DiagnosticsRequest, DiagnosticsRunner, DiagnosticsStatus
 from ..firmware import FirmwareJob, FirmwareStatus
 from ..firmware_runner import FirmwareRunner, RequestResult
@@ -160,6 +159,9 @@ class FirmwareManagement16:
         self._queued = asyncio.Event()
         self._empty = asyncio.Event()
         self._empty.set()
+        # ExtendedTriggerMessage(FirmwareStatusNotification) is answered by the security
+        # extension's handler; the status it sends is this one's, in this outbox's order.
+        adapter.security.firmware_status_trigger = self._send_triggered_signed_status
 
     # --- requests from the CSMS ------------------------------------------------------------
 
@@ -274,6 +276,9 @@ class FirmwareManagement16:
         assert job is not None
         return call.SignedFirmwareStatusNotification(status=last.value, request_id=job.request_id)
 
+    async def _send_triggered_signed_status(self) -> None:
+        self._send(self.triggered_signed_firmware_status())
+
     def triggered_diagnostics_status(self) -> call.DiagnosticsStatusNotification:
         busy = self.diagnostics.busy
         status = DiagnosticsStatus.UPLOADING if busy else DiagnosticsStatus.IDLE
@@ -298,14 +303,9 @@ class FirmwareManagement16:
         self._report_security_event(event_type, tech_info)
 
     def _report_security_event(self, event_type: str, tech_info: str) -> None:
-        """SecurityEventNotification (security whitepaper §5.15), sent like the statuses."""
-        self._send(
-            call.SecurityEventNotification(
-                type=event_type,
-                timestamp=iso_utc(self.adapter.clock.utc_now()),
-                tech_info=tech_info[:255] or None,
-            )
-        )
+        """To the security log, and to the CSMS through the security events' own durable
+        queue (security whitepaper §8)."""
+        self.adapter._spawn(self.adapter.security_event(event_type, tech_info[:255] or None))
 
     async def flush(self, timeout_s: float | None) -> bool:
         try:
