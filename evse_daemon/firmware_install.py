@@ -12,8 +12,10 @@ install before anything that runs is changed:
 ``WheelInstaller`` (the default) installs a wheel of evse-daemon, or a .tar.gz / .zip holding
 it and the wheels it depends on, into a new venv ``<install_dir>/venvs/<version>``, runs a
 check in it, and switches the symlink ``<install_dir>/venv`` (which the systemd unit starts
-from) by renaming a new symlink over it. ``CommandInstaller`` runs the commands of
-``[firmware] install_command`` / ``rollback_command`` instead.
+from) by renaming a new symlink over it. ``scripts/install`` lays out the first version the
+same way, and gives the daemon's user write access to ``<install_dir>`` for this.
+``CommandInstaller`` runs the commands of ``[firmware] install_command`` /
+``rollback_command`` instead.
 
 File work runs in worker threads, commands as asyncio subprocesses: the event loop never
 waits on pip or the SD card.
@@ -242,17 +244,21 @@ class WheelInstaller:
     async def _build(self, venv: Path, wheel: Path, wheels_dir: Path) -> None:
         timeout_s = self.settings.install_timeout_s
         steps: list[tuple[str, list[str]]] = [
-            # Without pip: the running daemon's pip installs into it (--python), which is
-            # seconds faster on a Pi than bootstrapping pip into every venv.
-            ("create the venv", [self.python, "-m", "venv", "--without-pip", str(venv)]),
+            # Made like scripts/install makes the first one. --system-site-packages: the
+            # board's libraries come from the OS (python3-lgpio, python3-spidev,
+            # python3-systemd on Raspberry Pi OS), not from the firmware file. With its own
+            # pip: once switched to, this venv runs the daemon, and the next update runs
+            # from it; installing with that pip now proves it works before the switch.
+            (
+                "create the venv",
+                [self.python, "-m", "venv", "--system-site-packages", str(venv)],
+            ),
             (
                 "install the wheel",
                 [
-                    self.python,
+                    str(venv / "bin" / "python"),
                     "-m",
                     "pip",
-                    "--python",
-                    str(venv / "bin" / "python"),
                     "install",
                     "--no-input",
                     "--no-cache-dir",
