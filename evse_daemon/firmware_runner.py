@@ -199,6 +199,14 @@ class FirmwareRunner:
         self._start()
         return RequestResult.ACCEPTED_CANCELED if canceled else RequestResult.ACCEPTED
 
+    async def request_durably(self, job: FirmwareJob) -> RequestResult:
+        """``request``, and the job on the card before the CSMS is answered: an update the
+        CSMS was told is accepted survives a restart that comes right after the answer."""
+        result = self.request(job)
+        if result is not RequestResult.REJECTED and self.update is not None:
+            await self._save(self.update)
+        return result
+
     def _start(self) -> None:
         if self._group is None or self.update is None:
             return  # run() starts it
@@ -258,6 +266,9 @@ class FirmwareRunner:
             if self.reporter is not None:
                 self.reporter.firmware_status(update.job, status)
         self._hold(update.holds_connectors)
+        await self._save(update)
+
+    async def _save(self, update: FirmwareUpdate) -> None:
         raw = update.job.to_dict()
         if raw != self._saved:
             await self.store.put(STORE_NAMESPACE, STORE_KEY, raw)

@@ -17,7 +17,7 @@ from evse_daemon.clock import FakeClock
 from evse_daemon.config import FirmwareConfig
 from evse_daemon.firmware import FirmwareJob, FirmwareStatus
 from evse_daemon.firmware_install import CommandInstaller
-from evse_daemon.firmware_runner import FirmwareRunner
+from evse_daemon.firmware_runner import FirmwareRunner, RequestResult
 from evse_daemon.store import Store
 from evse_daemon.transfer import TransferSettings
 from tests.file_servers import HttpFiles, http_files
@@ -148,3 +148,29 @@ async def test_a_signature_is_checked_once_the_clock_is_trusted(tmp_path: Path) 
         await stand_in.until("InstallRebooting")
         assert stand_in.statuses[:3] == ["Downloading", "Downloaded", "SignatureVerified"]
         assert stand_in.events == []
+
+
+async def test_an_accepted_request_is_on_the_card_before_it_is_answered(tmp_path: Path) -> None:
+    """``request_durably`` returns only once the job is stored, whatever the runner's own
+    task is doing (here it is not even running): the CSMS is answered after that, so a
+    restart right after the answer resumes the update."""
+    store = Store(tmp_path / "state")
+    await store.open()
+    try:
+        settings = FirmwareConfig(install_command=("true",))
+        runner = FirmwareRunner(
+            settings,
+            store=store,
+            clock=FakeClock(T0),
+            installer=CommandInstaller(settings, "/etc/evse.toml"),
+            directory=tmp_path / "state" / "firmware",
+            roots_dir=roots_dir(tmp_path / "state", CertificateUse.MANUFACTURER_ROOT),
+            port=StandIn(),
+            transfer=TransferSettings(timeout_s=10),
+        )
+        job = FirmwareJob("http://127.0.0.1:9/fw.whl", T0 + timedelta(days=1), 1, 0)
+        assert await runner.request_durably(job) is RequestResult.ACCEPTED
+        stored = (await store.get_all("firmware"))["job"]
+        assert FirmwareJob.from_dict(stored).location == job.location
+    finally:
+        await store.close()

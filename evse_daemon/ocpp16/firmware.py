@@ -95,7 +95,7 @@ class FirmwareRoutes:
         return management
 
     @on(Action.update_firmware, skip_schema_validation=True)
-    def _update_firmware(
+    async def _update_firmware(
         self,
         location: str,
         retrieve_date: str,
@@ -103,7 +103,7 @@ class FirmwareRoutes:
         retry_interval: int | None = None,
         **_: Any,
     ) -> call_result.UpdateFirmware:
-        self._management().update_firmware(location, retrieve_date, retries, retry_interval)
+        await self._management().update_firmware(location, retrieve_date, retries, retry_interval)
         return call_result.UpdateFirmware()
 
     @on(Action.signed_update_firmware, skip_schema_validation=True)
@@ -165,7 +165,7 @@ class FirmwareManagement16:
 
     # --- requests from the CSMS ------------------------------------------------------------
 
-    def update_firmware(
+    async def update_firmware(
         self,
         location: str,
         retrieve_date: str,
@@ -184,7 +184,7 @@ class FirmwareManagement16:
                 "retryInterval", retry_interval, settings.default_retry_interval_s
             ),
         )
-        result = self.firmware.request(job)
+        result = await self.firmware.request_durably(job)
         if result is RequestResult.REJECTED:
             # UpdateFirmware.conf has no status: the CSMS sees the installation go on.
             log.warning("UpdateFirmware for %s ignored: installing another version", location)
@@ -227,7 +227,7 @@ class FirmwareManagement16:
             signing_certificate=certificate,
             signature=str(firmware["signature"]),
         )
-        return self.firmware.request(job).value
+        return (await self.firmware.request_durably(job)).value
 
     def get_diagnostics(
         self,
