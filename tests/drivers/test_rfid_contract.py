@@ -9,6 +9,7 @@ written here from the datasheets, independently of ``drivers.rfid``.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import functools
@@ -243,7 +244,7 @@ class Pn532Emulator:
 # ------------------------------------------------------------------ rigs: one per reader kind
 
 
-class Rig:
+class Rig(abc.ABC):
     """A reader under test and the physical world around it."""
 
     kind: str
@@ -256,17 +257,20 @@ class Rig:
         """The idTag of this card in the default format."""
         return card.hex().upper()
 
+    @abc.abstractmethod
     async def hold(self, card: bytes, seconds: float = HOLD_S) -> None:
-        raise NotImplementedError
+        """A card is held in the reader's field for ``seconds``."""
 
     async def away(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
+    @abc.abstractmethod
     async def break_reader(self) -> None:
-        raise NotImplementedError
+        """The reader stops answering (unplugged, powered off)."""
 
+    @abc.abstractmethod
     async def repair_reader(self) -> None:
-        raise NotImplementedError
+        """The reader is back."""
 
     async def close(self) -> None:
         await self.reader.shutdown()
