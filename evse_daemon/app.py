@@ -1272,7 +1272,7 @@ class App:
             "status.json": self.status(),
             "ocpp-configuration.json": keys,
             "events.json": events,
-            "firmware.json": self.firmware.job.to_dict() if self.firmware.job else None,
+            "firmware.json": self.firmware.status_info(),
         }
 
     # --- the control socket -----------------------------------------------------------------

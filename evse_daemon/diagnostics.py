@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from .clock import Clock
 from .commands import run_command
 from .config import DiagnosticsConfig
-from .transfer import TransferError, TransferSettings, upload
+from .transfer import TransferError, TransferSettings, redact_url, upload
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,6 @@ _SECRET_KEY = re.compile(
     r"[\w.-]*[\"']?\s*=\s*)(?P<value>.*)$",
     re.IGNORECASE | re.MULTILINE,
 )
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s\"'@]+@")
 _LOG_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2}:\d{2})")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -81,7 +80,7 @@ def file_name(station_id: str, now: datetime) -> str:
 def redact_config(text: str) -> str:
     """The config file as it may leave the charger: secret values and URL credentials out."""
     text = _SECRET_KEY.sub(lambda m: m["head"] + '"<redacted>"', text)
-    return _URL_CREDENTIALS.sub(lambda m: m["scheme"] + "<redacted>@", text)
+    return redact_url(text)
 
 
 def _within(moment: datetime, start: datetime | None, stop: datetime | None) -> bool:
@@ -318,6 +317,6 @@ class DiagnosticsRunner:
                 if attempt < request.attempts_allowed:
                     await asyncio.sleep(request.retry_interval_s)
                 continue
-            log.info("diagnostics %s uploaded to %s", name, request.location)
+            log.info("diagnostics %s uploaded to %s", name, redact_url(request.location))
             return DiagnosticsStatus.UPLOADED
         return DiagnosticsStatus.UPLOAD_FAILED

@@ -27,7 +27,7 @@ from .config import FirmwareConfig
 from .firmware import FirmwareJob, FirmwareStatus, FirmwareUpdate, Phase, StepKind
 from .firmware_install import Installer, InstallError
 from .store import Store
-from .transfer import TransferError, TransferSettings, download, file_name
+from .transfer import TransferError, TransferSettings, download, file_name, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ class FirmwareReporter(Protocol):
 
     def firmware_status(self, job: FirmwareJob, status: FirmwareStatus) -> None: ...
 
-    def security_event(self, event_type: str, tech_info: str) -> None: ...
+    async def security_event(self, event_type: str, tech_info: str) -> None:
+        """Logged in the security log and delivered to the CSMS durably (offline too)."""
 
     async def flush(self, timeout_s: float | None) -> bool:
         """Wait until everything reported so far is delivered (or given up); False on
@@ -120,7 +121,7 @@ class FirmwareRunner:
         if job is None:
             return None
         return {
-            "location": job.location,
+            "location": redact_url(job.location),
             "signed": job.signed,
             "request_id": job.request_id,
             "phase": job.phase.value,
@@ -149,7 +150,9 @@ class FirmwareRunner:
                 self.update = FirmwareUpdate.resume(
                     job, max_unconfirmed_starts=self.settings.max_unconfirmed_starts
                 )
-                log.warning("continuing the firmware update of %s (%s)", job.location, job.phase)
+                log.warning(
+                    "continuing the firmware update of %s (%s)", redact_url(job.location), job.phase
+                )
                 self._hold(self.update.holds_connectors)
         keep = self.job.id if self.job is not None and self.job.phase is not Phase.DONE else None
         await asyncio.to_thread(self._remove_downloads, keep)
@@ -186,12 +189,16 @@ class FirmwareRunner:
         """Start ``job``, calling off the update under way if there is one and it can be."""
         current = self.update
         if current is not None and current.busy and not current.cancellable:
-            log.warning("firmware update refused: %s is being installed", current.job.location)
+            log.warning(
+                "firmware update refused: %s is being installed", redact_url(current.job.location)
+            )
             return RequestResult.REJECTED
         canceled = current is not None and current.busy
         if canceled:
             assert current is not None
-            log.warning("firmware update of %s called off for a new one", current.job.location)
+            log.warning(
+                "firmware update of %s called off for a new one", redact_url(current.job.location)
+            )
         if self._task is not None:
             self._task.cancel()  # its own clean-up removes its download
         job.id = job.id or secrets.token_hex(4)
@@ -220,7 +227,7 @@ class FirmwareRunner:
         except Exception:
             # A bug: logged, and the job stays stored as it was (a restart resumes it); the
             # app's other tasks must not go down with it.
-            log.exception("firmware update of %s stopped", update.job.location)
+            log.exception("firmware update of %s stopped", redact_url(update.job.location))
         finally:
             if self.update is not update:  # called off: its files go, the new one decides
                 with contextlib.suppress(OSError):
@@ -262,7 +269,7 @@ class FirmwareRunner:
         """Report the statuses the update queued, hold or release the connectors as it says,
         and store the job if it changed."""
         for status in update.drain():
-            log.info("firmware update of %s: %s", update.job.location, status.value)
+            log.info("firmware update of %s: %s", redact_url(update.job.location), status.value)
             if self.reporter is not None:
                 self.reporter.firmware_status(update.job, status)
         self._hold(update.holds_connectors)
@@ -315,7 +322,12 @@ class FirmwareRunner:
         job = update.job
         target = self._job_dir(job) / file_name(job.location, "firmware.bin")
         attempt = job.failed_attempts + 1
-        log.info("downloading %s (attempt %d of %d)", job.location, attempt, job.attempts_allowed)
+        log.info(
+            "downloading %s (attempt %d of %d)",
+            redact_url(job.location),
+            attempt,
+            job.attempts_allowed,
+        )
         try:
             size = await download(
                 job.location,
@@ -324,7 +336,7 @@ class FirmwareRunner:
                 settings=self.transfer,
             )
         except TransferError as exc:
-            log.warning("firmware download from %s failed: %s", job.location, exc)
+            log.warning("firmware download from %s failed: %s", redact_url(job.location), exc)
             update.download_failed(self.clock.utc_now(), str(exc))
             return
         log.info("firmware downloaded: %s (%d bytes)", target, size)
@@ -358,9 +370,9 @@ class FirmwareRunner:
         problem = await asyncio.to_thread(check)
         update.signature_checked(problem is None, now, problem)
         if problem is not None:
-            log.error("firmware from %s refused: %s", job.location, problem)
+            log.error("firmware from %s refused: %s", redact_url(job.location), problem)
             if self.reporter is not None:
-                self.reporter.security_event("InvalidFirmwareSignature", problem)
+                await self.reporter.security_event("InvalidFirmwareSignature", problem)
 
     async def _install(self, update: FirmwareUpdate) -> None:
         job = update.job
@@ -370,7 +382,7 @@ class FirmwareRunner:
             await self._settle(update)  # stored before anything that runs changes
             await self.installer.switch(state)
         except InstallError as exc:
-            log.error("firmware from %s not installed: %s", job.location, exc)
+            log.error("firmware from %s not installed: %s", redact_url(job.location), exc)
             update.install_failed(str(exc), verification=exc.verification)
             return
         except OSError as exc:
@@ -399,6 +411,11 @@ class FirmwareRunner:
             return
         log.warning("the new firmware is up and registered: update confirmed")
         update.confirmed()
+        if self.reporter is not None:
+            # Security whitepaper §8: a critical event, pushed to the CSMS.
+            await self.reporter.security_event(
+                "FirmwareUpdated", f"installed from {redact_url(update.job.location)}"
+            )
 
     async def _roll_back(self, update: FirmwareUpdate) -> None:
         job = update.job
@@ -407,7 +424,7 @@ class FirmwareRunner:
         except Exception:
             log.exception("rolling back the firmware failed")
             changed = False
-        log.error("firmware update of %s failed: %s", job.location, job.reason)
+        log.error("firmware update of %s failed: %s", redact_url(job.location), job.reason)
         update.rolled_back()
         if not changed:
             return  # this version stays: it reports the failure itself

@@ -47,6 +47,16 @@ RESERVE_BYTES = 32 * 1024 * 1024
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]")
 
 
+# user:password@ in a URL (FTP locations often carry them).
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s\"'@]+@")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the credentials of every URL in it replaced by ``<redacted>``: for logs,
+    ``evsectl status`` and the diagnostics archive."""
+    return _URL_CREDENTIALS.sub(lambda m: m["scheme"] + "<redacted>@", text)
+
+
 class TransferError(Exception):
     """A download or upload failed; the message says why, for the log and the CSMS."""
 

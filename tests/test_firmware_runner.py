@@ -58,7 +58,7 @@ class StandIn:
         self.statuses.append(status.value)
         self.changed.set()
 
-    def security_event(self, event_type: str, tech_info: str) -> None:
+    async def security_event(self, event_type: str, tech_info: str) -> None:
         self.events.append(event_type)
 
     async def flush(self, timeout_s: float | None) -> bool:

@@ -28,7 +28,7 @@ from ocpp.v16.enums import Action
 from ..diagnostics import DiagnosticsRequest, DiagnosticsRunner, DiagnosticsStatus
 from ..firmware import FirmwareJob, FirmwareStatus
 from ..firmware_runner import FirmwareRunner, RequestResult
-from ..transfer import location_problem
+from ..transfer import location_problem, redact_url
 
 if TYPE_CHECKING:
     from .adapter import OcppAdapter16
@@ -187,7 +187,9 @@ class FirmwareManagement16:
         result = await self.firmware.request_durably(job)
         if result is RequestResult.REJECTED:
             # UpdateFirmware.conf has no status: the CSMS sees the installation go on.
-            log.warning("UpdateFirmware for %s ignored: installing another version", location)
+            log.warning(
+                "UpdateFirmware for %s ignored: installing another version", redact_url(location)
+            )
 
     async def signed_update_firmware(
         self,
@@ -211,7 +213,7 @@ class FirmwareManagement16:
             log.error(
                 "SignedUpdateFirmware %d: signing certificate refused: %s", request_id, problem
             )
-            self.security_event("InvalidFirmwareSigningCertificate", problem)
+            await self.security_event("InvalidFirmwareSigningCertificate", problem)
             return "InvalidCertificate"
         if location_problem(location) is not None:
             log.error("SignedUpdateFirmware %d: %s", request_id, location_problem(location))
@@ -299,13 +301,10 @@ class FirmwareManagement16:
     def diagnostics_status(self, status: DiagnosticsStatus) -> None:
         self._send(call.DiagnosticsStatusNotification(status=status.value))
 
-    def security_event(self, event_type: str, tech_info: str) -> None:
-        self._report_security_event(event_type, tech_info)
-
-    def _report_security_event(self, event_type: str, tech_info: str) -> None:
-        """To the security log, and to the CSMS through the security events' own durable
-        queue (security whitepaper §8)."""
-        self.adapter._spawn(self.adapter.security_event(event_type, tech_info[:255] or None))
+    async def security_event(self, event_type: str, tech_info: str) -> None:
+        """To the security log, and to the CSMS through the security events' own queue on
+        the card (security whitepaper §8): delivered once the link is up, offline too."""
+        await self.adapter.security_event(event_type, tech_info[:255] or None)
 
     async def flush(self, timeout_s: float | None) -> bool:
         try:
