@@ -53,7 +53,7 @@ from .diagnostics import DiagnosticsRunner
 from .firmware_install import build_installer
 from .firmware_runner import FirmwareRunner
 from .hardware import Hardware
-from .iec61851 import X1_OPEN_UNDER_LOAD_S
+from .iec61851 import CONTACTOR_FEEDBACK_TIMEOUT_S, X1_OPEN_UNDER_LOAD_S
 from .limits import ConnectorLimits, LimitDecision, offered_currents, thermal_derating_a
 from .logfields import IdTag, journal_fields
 from .ocpp16.adapter import OcppAdapter16
@@ -79,6 +79,9 @@ from .transfer import TransferSettings
 log = logging.getLogger(__name__)
 
 SAFETY_INTERVAL_S = 0.05
+# UnlockConnector waits this long for the contactor to open: x1's 6 s, the feedback's delay
+# and a margin.
+UNLOCK_WAIT_FOR_OPEN_S = X1_OPEN_UNDER_LOAD_S + CONTACTOR_FEEDBACK_TIMEOUT_S + 1.0
 METER_INTERVAL_S = 1.0
 METER_TIMEOUT_S = 3.0
 LIMITS_RECHECK_S = 60.0
@@ -1180,11 +1183,27 @@ class App:
         # §5.18: a running transaction is stopped first.
         self.charger.stop(connector_id, StopReason.UNLOCK_COMMAND)
         self._apply(self.charger.drain())
+        # The socket stays live until the contactor is open (an EV still drawing gets up to
+        # 6 s under x1) and its auxiliary contact agrees (a weld): never unlock before.
+        try:
+            async with asyncio.timeout(UNLOCK_WAIT_FOR_OPEN_S):
+                # Polled at the safety loop's pace: the auxiliary contact is an input read
+                # by polling, not an event.
+                while self._socket_live(connector_id):  # noqa: ASYNC110
+                    await asyncio.sleep(SAFETY_INTERVAL_S)
+        except TimeoutError:
+            log.error("connector %d: not unlocked: the contactor is still closed", connector_id)
+            return UnlockResult.FAILED
         if not await lock.unlock():
             return UnlockResult.FAILED
         self.charger.on_unlocked(connector_id)
         self._apply(self.charger.drain())
         return UnlockResult.UNLOCKED
+
+    def _socket_live(self, connector_id: int) -> bool:
+        if self.charger.connector(connector_id).contactor_closed:
+            return True
+        return self.hardware.connectors[connector_id].contactor.feedback_closed() is True
 
     async def change_availability(self, connector_id: int, operative: bool) -> AvailabilityResult:
         applied = self.charger.set_operative(connector_id, operative)

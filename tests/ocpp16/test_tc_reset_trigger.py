@@ -7,6 +7,7 @@ TC_031, TC_041, TC_054, TC_055, TC_070, TC_071) and OCPP 1.6 §5.17 / §7.31 / �
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
@@ -150,6 +151,42 @@ async def test_TC_017_1_unlock_connector_no_session_socket(tmp_path: Path) -> No
         assert b.ev(1).snapshot()["locked"] is False
         # No session: nothing to stop.
         assert [m for m in b.csms.received[mark:] if m.action == "StopTransaction"] == []
+
+
+async def test_TC_018_1_unlock_with_session_never_unlocks_a_live_socket(tmp_path: Path) -> None:
+    """The EV keeps drawing after the stop (it may for 6 s under x1): the cable is unlocked
+    only once the contactor is open, never while the socket is live."""
+    async with bench(tmp_path, lock=True) as b:
+        await b.booted()
+        tx = await b.start_charging(1, "TAG-OK")
+        b.ev(1).set_ev_state("C")  # insists on energy
+        samples: list[tuple[bool, bool]] = []
+
+        async def watch() -> None:
+            while True:
+                snapshot = b.ev(1).snapshot()
+                samples.append((snapshot["locked"], snapshot["contactor_commanded"]))
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.create_task(watch())
+        mark = b.csms.mark()
+        try:
+            result = await b.csms.call(call.UnlockConnector(connector_id=1), timeout_s=30)
+            # Watched on until the contactor has opened, however early the answer came.
+            await b.wait_until(
+                lambda: not b.ev(1).snapshot()["contactor_commanded"],
+                timeout_s=15,
+                what="contactor open",
+            )
+            await asyncio.sleep(0.05)
+        finally:
+            watcher.cancel()
+        assert result.status == "Unlocked"
+        stop = await b.csms.wait_for("StopTransaction", after=mark)
+        assert (stop.payload["transactionId"], stop.payload["reason"]) == (tx, "UnlockCommand")
+        assert b.ev(1).snapshot()["locked"] is False
+        assert (True, True) in samples  # it was charging, locked, when the request came
+        assert (False, True) not in samples, "unlocked while the contactor was closed"
 
 
 async def test_TC_031_unlock_unknown_connector(tmp_path: Path) -> None:
