@@ -129,9 +129,11 @@ class _MeterAtRest:
     an interval old, and the event forwarder may reach a transaction's event late (it waits for
     the stop reading of the session before), so neither is used directly. Each period in which
     the contactor is open gets a future, resolved by the first reading that both started and
-    ended within that period (one is requested the moment the contactor opens). A transaction
-    takes the current period's reading for its start, and, for its stop, that of the period in
-    which the contactor is open after the stop.
+    ended within that period (one is requested the moment the contactor opens). A transaction's
+    start and its stop each take the reading of the period in which the contactor is open at or
+    after the event: the current one if it is open, else the next (a session started while
+    the last one's EV still draws starts where that one stops). If the contactor does not open
+    within the wait, the latest reading is taken instead.
     """
 
     def __init__(self) -> None:
@@ -144,7 +146,7 @@ class _MeterAtRest:
         return asyncio.get_running_loop().create_future()
 
     def current(self) -> asyncio.Future[MeterReading]:
-        """The reading at rest of the current (or, while closed, the last) open period."""
+        """The reading at rest of the current open period (while closed: of the last)."""
         if self._period is None:
             self._period = self._new_future()
         return self._period
@@ -522,12 +524,13 @@ class App:
             elif isinstance(action, RunRcdSelfTest):
                 self._spawn(self._rcd_self_test(action.connector_id))
             else:
-                if isinstance(action, TransactionStarted):
-                    at_rest = self._at_rest[action.connector_id].current()
-                    self._bound_readings[(action.connector_id, action.local_id, True)] = at_rest
-                elif isinstance(action, TransactionStopped):
+                if isinstance(action, (TransactionStarted, TransactionStopped)):
+                    # A start, like a stop, is bounded by the reading once the contactor is
+                    # open: a session started while the last one's EV still draws (x1's 6 s)
+                    # starts where that one stops, not from before it.
                     at_rest = self._at_rest[action.connector_id].after_next_open()
-                    self._bound_readings[(action.connector_id, action.local_id, False)] = at_rest
+                    is_start = isinstance(action, TransactionStarted)
+                    self._bound_readings[(action.connector_id, action.local_id, is_start)] = at_rest
                 elif isinstance(action, AuthorizationExpired):
                     self._remote_start_profiles.pop(action.id_tag, None)
                 self._events.put_nowait(action)
