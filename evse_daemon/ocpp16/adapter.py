@@ -816,7 +816,7 @@ class OcppAdapter16:
             log.warning(
                 "CSMS says %s for %s, the local list says %s: reporting LocalListConflict",
                 info.status,
-                id_tag,
+                IdTag(id_tag),
                 local.status if local else None,
             )
             cp = self.port.current_status(0)
