@@ -109,6 +109,10 @@ def filter_log(text: str, start: datetime | None, stop: datetime | None) -> str:
     return "".join(kept)
 
 
+def _read_window(path: Path, start: datetime | None, stop: datetime | None) -> str:
+    return filter_log(_read_tail(path), start, stop)
+
+
 def _read_tail(path: Path) -> str:
     with open(path, "rb") as file:
         file.seek(0, 2)
@@ -191,11 +195,12 @@ async def collect(
         source = Path(log_file)
         name = f"logs/{index}-{_SAFE.sub('_', source.name)}"
         try:
-            text = await asyncio.to_thread(_read_tail, source)
+            # Read and filtered in a worker thread: up to 16 MB of text, seconds on a Pi.
+            text = await asyncio.to_thread(_read_window, source, start, stop)
         except OSError as exc:
             missing[name] = f"{log_file}: {exc}"
             continue
-        members[name] = filter_log(text, start, stop).encode()
+        members[name] = text.encode()
     manifest = {
         "created": now.astimezone(UTC).isoformat(),
         "start_time": start.isoformat() if start else None,

@@ -228,6 +228,9 @@ class FirmwareRunner:
             # A bug: logged, and the job stays stored as it was (a restart resumes it); the
             # app's other tasks must not go down with it.
             log.exception("firmware update of %s stopped", redact_url(update.job.location))
+            # The charger serves again meanwhile: held connectors must not stay Unavailable
+            # until a restart.
+            self._hold(False)
         finally:
             if self.update is not update:  # called off: its files go, the new one decides
                 with contextlib.suppress(OSError):
