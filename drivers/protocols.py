@@ -196,7 +196,8 @@ class ProximitySensor(Protocol):
     """The proximity pilot (PP) of a socket: the rating coded into the plugged cable."""
 
     def read_cable_rating_a(self) -> float | None:
-        """The cable's current rating in amperes, or None when no cable is plugged in."""
+        """The cable's current rating in amperes; None when no cable is plugged in; 0.0 for a
+        cable whose coding cannot be read as a rating (nothing may be offered through it)."""
 
     def shutdown(self) -> None:
         """Release the hardware."""

@@ -71,6 +71,12 @@ PP_BANDS: Final[tuple[tuple[float, float, float], ...]] = (
     (1000.0, 2200.0, 13.0),
 )
 
+# Above this the PP–PE path is open: no cable in the socket. (With the usual 1 kΩ pull-up one
+# ADC step below the supply is about 1 MΩ; ADC noise stays well above this.)
+PP_OPEN_MIN_OHM: Final = 100_000.0
+# The rating of a cable whose coding is invalid: nothing may be offered through it.
+PP_INVALID_A: Final = 0.0
+
 # How often an async self-test or lock check looks at an input.
 _POLL_S: Final = 0.005
 # Join timeout for the sampler thread at shutdown: one burst is a few ms.
@@ -147,6 +153,9 @@ class PilotWiring:
     - ``debounce_bursts``: consecutive bursts that must agree before a new reading is reported.
     - ``settle_s``: s after an output change before the next burst starts (one PWM period for
       the new duty to reach the pin, plus the stage's slew).
+    - ``stale_after_s``: s without a finished burst (while the EVSE drives x1 or PWM) after
+      which the reading is F: a sampler thread that hung in an SPI call or died must not
+      leave its last reading (C) standing.
     """
 
     pwm_chip: int = 0
@@ -173,6 +182,7 @@ class PilotWiring:
     burst_interval_s: float = 0.005
     debounce_bursts: int = 2
     settle_s: float = 0.002
+    stale_after_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.pwm_chip < 0 or self.pwm_channel < 0:
@@ -201,6 +211,7 @@ class PilotWiring:
             raise ValueError("pilot: debounce_bursts must be >= 1")
         for name in ("export_timeout_s", "burst_min_s", "burst_interval_s", "settle_s"):
             _check_non_negative(getattr(self, name), f"pilot: {name}")
+        _check_positive(self.stale_after_s, "pilot: stale_after_s")
 
     def cp_volts(self, code: int) -> float:
         """The CP voltage an ADC code stands for."""
@@ -404,12 +415,16 @@ def classify_cp(high_v: float, low_v: float, *, pwm: bool, wiring: PilotWiring) 
 
 
 def cable_rating_for_resistance(ohm: float) -> float | None:
-    """The cable rating (A) a PP–PE resistance codes, or None: no cable (open), or a value in
-    no window (a short, a broken cable, a resistor between two bands). See ``PP_BANDS``."""
+    """The cable rating (A) a PP–PE resistance codes (``PP_BANDS``); None when the path is
+    open (no cable); ``PP_INVALID_A`` (0 A) for a value in no window: a short, a broken
+    cable, a resistor between two bands. Reading an invalid cable as "no cable" would let the
+    connector's full rating through a cable that may carry 13 A."""
+    if ohm >= PP_OPEN_MIN_OHM:
+        return None
     for low, high, rating in PP_BANDS:
         if low <= ohm < high:
             return rating
-    return None
+    return PP_INVALID_A
 
 
 _ENERGY_STATES: Final = frozenset({CpState.C, CpState.D})
@@ -583,6 +598,7 @@ class SysfsAdcPilot:
         self._duty_ns = 0
         self._generation = 0  # bumped by every output change: bursts across one are void
         self._changed_at = time.monotonic()
+        self._burst_done_at = self._changed_at  # the last finished burst (or output change)
         self._debouncer = Debouncer(PilotReading(CpState.F), wiring.debounce_bursts)
         self._listener: Listener | None = None
         self._closed = False
@@ -618,6 +634,7 @@ class SysfsAdcPilot:
             self._duty_ns = duty_ns
             self._generation += 1
             self._changed_at = time.monotonic()
+            self._burst_done_at = self._changed_at
             if output is PilotOutput.STATE_F:
                 f = PilotReading(CpState.F)
                 if self._debouncer.value != f:
@@ -663,6 +680,9 @@ class SysfsAdcPilot:
 
     def read(self) -> PilotReading:
         with self._cond:
+            stale_s = time.monotonic() - self._burst_done_at
+            if self._output is not PilotOutput.STATE_F and stale_s > self._wiring.stale_after_s:
+                return PilotReading(CpState.F)  # the sampler has stopped: nothing is known
             return self._debouncer.value
 
     def set_listener(self, listener: Listener | None) -> None:
@@ -738,6 +758,7 @@ class SysfsAdcPilot:
             with self._cond:
                 if self._closed:
                     return
+                self._burst_done_at = time.monotonic()
                 if generation == self._generation and self._debouncer.feed(sample):
                     listener = self._listener
             _call_listener(listener, self._name)

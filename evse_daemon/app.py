@@ -82,6 +82,8 @@ SAFETY_INTERVAL_S = 0.05
 # UnlockConnector waits this long for the contactor to open: x1's 6 s, the feedback's delay
 # and a margin.
 UNLOCK_WAIT_FOR_OPEN_S = X1_OPEN_UNDER_LOAD_S + CONTACTOR_FEEDBACK_TIMEOUT_S + 1.0
+# A polled input that fails to read is logged at most this often.
+HARDWARE_ERROR_LOG_S = 60.0
 METER_INTERVAL_S = 1.0
 METER_TIMEOUT_S = 3.0
 LIMITS_RECHECK_S = 60.0
@@ -261,12 +263,12 @@ class App:
         self.outcome = RunOutcome.STOPPED
         self._loop: asyncio.AbstractEventLoop | None = None
         self._temperature_checked = 0.0
+        self._hardware_error_logged: dict[str, float] = {}
         self._meter_ok: dict[int, bool] = {}
         self._at_rest = {c.id: _MeterAtRest() for c in config.connectors}
         # (connector, local transaction id) → the future of its meterStart / meterStop reading.
         self._bound_readings: dict[tuple[int, int, bool], asyncio.Future[MeterReading]] = {}
         self.started = asyncio.Event()
-        self.safety_alive_at = time.monotonic()
         # Turns of the safety loop: the systemd watchdog is fed only while this advances.
         self.safety_ticks = 0
         # Set while the safety loop may run; cleared by the bench's stall-safety-loop.
@@ -558,7 +560,6 @@ class App:
             for hw in self.hardware.connectors.values():
                 if hw.watchdog is not None:
                     hw.watchdog.toggle()
-            self.safety_alive_at = now
             self.safety_ticks += 1
             await asyncio.sleep(SAFETY_INTERVAL_S)
 
@@ -585,7 +586,13 @@ class App:
             sensor = self.hardware.connectors[connector_config.id].temperature
             if sensor is None:
                 continue
-            temperature_c = sensor.read_c()
+            try:
+                temperature_c = sensor.read_c()
+            except Exception:
+                # A sensor that cannot be read cannot vouch for the relay: as if too hot (the
+                # contactor opens), rather than the daemon going down with it.
+                self._log_hardware_error(f"connector {connector_config.id}: temperature")
+                temperature_c = math.inf
             limit_c = connector_config.max_temperature_c
             faulted = Fault.OVERTEMP in self.charger.connector(connector_config.id).faults
             # Hysteresis: a relay at the limit must not chatter between charging and not.
@@ -597,6 +604,24 @@ class App:
                 derating_changed = True
         if derating_changed:
             self.update_limits()
+
+    def _cable_rating_a(self, connector_id: int) -> float | None:
+        proximity = self.hardware.connectors[connector_id].proximity
+        if proximity is None:
+            return None
+        try:
+            return proximity.read_cable_rating_a()
+        except Exception:
+            # An unreadable PP is a cable of unknown rating: nothing is offered through it.
+            self._log_hardware_error(f"connector {connector_id}: proximity pilot")
+            return 0.0
+
+    def _log_hardware_error(self, what: str) -> None:
+        """A failed read of a polled input, logged at most once a minute per input."""
+        now = time.monotonic()
+        if now - self._hardware_error_logged.get(what, -math.inf) >= HARDWARE_ERROR_LOG_S:
+            self._hardware_error_logged[what] = now
+            log.exception("%s could not be read", what)
 
     async def _rcd_self_test(self, connector_id: int) -> None:
         rcd = self.hardware.connectors[connector_id].rcd
@@ -782,12 +807,11 @@ class App:
             if change is not None:
                 next_changes.append(change)
             tx = connector.tx
-            proximity = self.hardware.connectors[connector_id].proximity
             inputs[connector_id] = ConnectorLimits(
                 rating_a=connector.max_current_a,
                 # A socket's cable says what it can carry (PP); re-read at every update, and
                 # an update follows every plug-in (the status changes).
-                cable_a=proximity.read_cable_rating_a() if proximity is not None else None,
+                cable_a=self._cable_rating_a(connector_id),
                 ocpp_a=ocpp_a,
                 derating_a=self._derating_a.get(connector_id),
                 charging=tx is not None and connector.ev_present,
