@@ -507,10 +507,6 @@ class _ModbusBus:
     def is_serial(self) -> bool:
         return isinstance(self.settings, _SerialSettings)
 
-    @property
-    def connected(self) -> bool:
-        return self._client is not None and self._client.connected
-
     def _new_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
         # Imported here so that loading maps and checking a config never imports pymodbus.
         from pymodbus import FramerType

@@ -227,7 +227,6 @@ _PN532_HOST_TFI: Final = 0xD4
 _PN532_READER_TFI: Final = 0xD5
 _PN532_ERROR_TFI: Final = 0x7F
 PN532_ACK: Final = bytes.fromhex("0000ff00ff00")
-PN532_NACK: Final = bytes.fromhex("0000ffff0000")
 #: HSU wake-up: 0x55 0x55, then zeros long enough for the oscillator to start.
 PN532_WAKEUP: Final = b"\x55\x55" + bytes(14)
 _CMD_SAM_CONFIGURATION: Final = 0x14
