@@ -28,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._stats import percentile
 from evse_daemon.profiles import (
     ChargingProfile,
     ChargingSchedule,
@@ -46,11 +47,6 @@ from evse_daemon.profiles import (
 T0 = datetime(2026, 11, 21, tzinfo=UTC)
 TX_START = T0 - timedelta(hours=1)
 TX_ID = 42
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def build(rng: random.Random) -> ProfileSet:

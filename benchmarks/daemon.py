@@ -31,6 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._stats import percentile
 from drivers.mock import MockCardReader, MockConnectorHardware
 from evse_daemon.app import App
 from evse_daemon.bench.csms import UNSOLICITED, BenchCsms
@@ -38,13 +39,6 @@ from evse_daemon.config import load_config
 from evse_daemon.control import request_async
 from evse_daemon.hardware import ConnectorHardware, Hardware
 from tests.harness import write_config
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
-
 
 # --- 1 and 2: the daemon as a subprocess ---------------------------------------------------
 

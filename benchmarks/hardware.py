@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gpiozero import Device  # type: ignore[import-untyped]
 from gpiozero.pins.mock import MockFactory, MockPWMPin  # type: ignore[import-untyped]
 
+from benchmarks._stats import percentile
 from drivers.modbus_meter import ModbusBuses, modbus_meter_from_options
 from drivers.protocols import CpState, PilotOutput
 from drivers.rpi import PilotWiring, ProximityWiring, SysfsAdcPilot
@@ -77,11 +78,6 @@ PHASE_SPREAD_S = 0.04
 # drivers/rpi.py's docstring: "20-60 µs per conversion through gpiozero" with hardware SPI on
 # a Pi 4 (not measured here; reference/libraries.md has no figure).
 DOCSTRING_US_PER_SAMPLE = (20.0, 60.0)
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
 
 
 def thread_cpu_s(thread: threading.Thread) -> float:

@@ -27,6 +27,7 @@ from ocpp.v16 import call
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._stats import percentile
 from evse_daemon.app import App
 from evse_daemon.bench.csms import BenchCsms
 from evse_daemon.clock import iso_utc
@@ -37,11 +38,6 @@ from tests.harness import write_config
 
 PROFILES_PER_CONNECTOR = 10
 TX = "TxProfile"
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def profile(

@@ -29,6 +29,7 @@ from ocpp.v16 import ChargePoint, call
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._stats import percentile
 from drivers.mock import MockCardReader, MockConnectorHardware
 from evse_daemon.app import App
 from evse_daemon.bench.csms import BenchCsms
@@ -57,11 +58,6 @@ def write_bytes() -> int:
         if line.startswith("write_bytes:"):
             return int(line.split()[1])
     return 0
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 async def bare_round_trips(csms: BenchCsms, count: int) -> float:

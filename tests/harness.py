@@ -5,23 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from ocpp.exceptions import OCPPError
 from ocpp.v16 import call
 
 from drivers.mock import MockConnectorHardware
 from evse_daemon.app import App, RunOutcome
 from evse_daemon.bench.csms import BenchCsms, ReceivedMessage
-from evse_daemon.clock import Clock
+from evse_daemon.clock import Clock, SystemClock
 from evse_daemon.config import Config, load_config
+from evse_daemon.control import request_async
 from evse_daemon.hardware import Hardware, build_hardware
 
 
@@ -286,3 +291,121 @@ class DaemonProcess:
             self.proc.kill()
             self.proc.wait(10)
         self._log.close()
+
+
+# --- helpers of the tests on the bench --------------------------------------------------------
+
+TX_ACTIONS = ("StartTransaction", "MeterValues", "StopTransaction")
+
+# fake-hwclock restored the time of the last shutdown, three years ago.
+STALE = timedelta(days=3 * 365)
+# How far a corrected timestamp may be from the instant the test saw the event happen: the
+# correction is exact; this covers the test's own observation lag on a loaded machine.
+SLACK = timedelta(seconds=5)
+
+# The bench's connectors (``write_config``'s defaults): 32 A, three phases.
+RATING_A = 32.0
+
+Periods = Sequence[tuple[int, float]]
+
+
+def stale_clock() -> SystemClock:
+    """The board's clock before NTP: the system time is STALE behind, NTP never syncs."""
+    return SystemClock(synchronized=lambda: False, system_utc=lambda: datetime.now(UTC) - STALE)
+
+
+def utc_time(value: str) -> datetime:
+    """An OCPP timestamp (which must carry its time zone), in UTC."""
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    assert moment.tzinfo is not None, f"timestamp {value!r} has no time zone"
+    return moment.astimezone(UTC)
+
+
+def local_status(b: Bench, connector_id: int = 1) -> str:
+    """The connector's status as the daemon has it (whatever the CSMS was told)."""
+    return str(b.app.status()["connectors"][connector_id - 1]["status"])
+
+
+def queued_actions(b: Bench) -> list[str]:
+    """The actions in the charger's transaction-message queue, oldest first."""
+    return [m.action for m in b.app.adapter._tx_queue]
+
+
+def tx_messages(csms: BenchCsms, after: int = 0) -> list[ReceivedMessage]:
+    """The transaction messages the CSMS received (and did not reject) from ``after`` on."""
+    return [m for m in csms.received[after:] if m.action in TX_ACTIONS and m.error is None]
+
+
+def pretend_the_board_rebooted(state_dir: Path) -> None:
+    """A power cut restarts the board: the kernel's boot id changes. The test machine cannot
+    reboot, so the boot id the daemon recorded is replaced by another one."""
+    with sqlite3.connect(state_dir / "evse.sqlite3") as db:
+        db.execute(
+            "UPDATE kv SET value = ? WHERE namespace = 'daemon' AND key = 'boot_id'",
+            (json.dumps("a-previous-boot"),),
+        )
+
+
+async def control(socket: Path, **command: object) -> Any:
+    """A command on the daemon's control socket; its result (the reply must be ok)."""
+    reply = await request_async(str(socket), dict(command))
+    assert reply["ok"], reply
+    return reply.get("result")
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def charging_profile(
+    profile_id: int,
+    purpose: str,
+    periods: Periods,
+    *,
+    stack_level: int = 0,
+    kind: str = "Absolute",
+    start: datetime | None = None,
+    duration: int | None = None,
+    transaction_id: int | None = None,
+    valid_from: datetime | None = None,
+    valid_to: datetime | None = None,
+    unit: str = "A",
+    number_phases: int | None = None,
+) -> dict[str, Any]:
+    """A csChargingProfiles / chargingProfile object, camelCase as on the wire (the library's
+    snake_to_camel_case leaves camelCase keys as they are)."""
+    schedule: dict[str, Any] = {"chargingRateUnit": unit}
+    if duration is not None:
+        schedule["duration"] = duration
+    if start is not None:
+        schedule["startSchedule"] = _iso(start)
+    schedule["chargingSchedulePeriod"] = [
+        {"startPeriod": start_period, "limit": float(limit)}
+        | ({} if number_phases is None else {"numberPhases": number_phases})
+        for start_period, limit in periods
+    ]
+    profile: dict[str, Any] = {
+        "chargingProfileId": profile_id,
+        "stackLevel": stack_level,
+        "chargingProfilePurpose": purpose,
+        "chargingProfileKind": kind,
+        "chargingSchedule": schedule,
+    }
+    if transaction_id is not None:
+        profile["transactionId"] = transaction_id
+    if valid_from is not None:
+        profile["validFrom"] = _iso(valid_from)
+    if valid_to is not None:
+        profile["validTo"] = _iso(valid_to)
+    return profile
+
+
+async def set_charging_profile(b: Bench, connector_id: int, profile: dict[str, Any]) -> str:
+    """SetChargingProfile: its status, or the code of the CALLERROR it was answered with."""
+    try:
+        result = await b.csms.call(
+            call.SetChargingProfile(connector_id=connector_id, cs_charging_profiles=profile)
+        )
+    except OCPPError as exc:
+        return str(exc.code)
+    return str(result.status)

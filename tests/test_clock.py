@@ -3,10 +3,16 @@ then immune to steps of the system clock; and the correction of timestamps made 
 
 from __future__ import annotations
 
+import copy
+import ctypes
+import os
+import types
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from evse_daemon import clock as clock_module
 from evse_daemon.clock import (
     CSMS_TIME_TOLERANCE_S,
     FakeClock,
@@ -124,8 +130,53 @@ def test_fake_clock_steps_only_the_wall() -> None:
     assert clock.utc_now() == TRUE_START - timedelta(hours=1)
 
 
-def test_the_kernel_probe_answers_without_privileges() -> None:
-    assert kernel_clock_synchronized() in (True, False)
+def test_the_kernel_probe_trusts_timesyncd_s_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flag = tmp_path / "synchronized"
+    flag.touch()
+    monkeypatch.setattr(clock_module, "TIMESYNCD_FLAG", str(flag))
+    assert kernel_clock_synchronized() is True
+
+
+def test_without_the_flag_the_kernel_probe_asks_adjtimex_without_privileges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(clock_module, "TIMESYNCD_FLAG", str(tmp_path / "absent"))
+    # What the kernel says, asked here independently: adjtimex(2) with modes = 0 only reads
+    # (no privileges needed); its return value is the clock state, TIME_ERROR (5) while
+    # unsynchronized. The buffer is larger than any struct timex.
+    libc = ctypes.CDLL(None, use_errno=True)
+    state = libc.adjtimex(ctypes.create_string_buffer(1024))
+    assert state >= 0, os.strerror(ctypes.get_errno())
+    assert kernel_clock_synchronized() is (state != 5)
+
+
+class _FakeLibc:
+    def __init__(self, state: int) -> None:
+        self.state = state
+
+    def adjtimex(self, _buffer: object) -> int:
+        return self.state
+
+
+@pytest.mark.parametrize(
+    ("state", "synchronized"),
+    [(0, True), (1, True), (4, True), (5, False), (-1, False), (None, False)],
+    ids=["TIME_OK", "TIME_INS", "TIME_WAIT", "TIME_ERROR", "failed", "no libc"],
+)
+def test_without_the_flag_adjtimex_s_clock_state_decides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: int | None, synchronized: bool
+) -> None:
+    def cdll(*_args: object, **_kwargs: object) -> _FakeLibc:
+        if state is None:
+            raise OSError("no C library")
+        return _FakeLibc(state)
+
+    fake_ctypes = types.SimpleNamespace(CDLL=cdll, create_string_buffer=ctypes.create_string_buffer)
+    monkeypatch.setattr(clock_module, "TIMESYNCD_FLAG", str(tmp_path / "absent"))
+    monkeypatch.setattr(clock_module, "ctypes", fake_ctypes)
+    assert kernel_clock_synchronized() is synchronized
 
 
 @pytest.mark.parametrize("action", ["StartTransaction", "StopTransaction", "MeterValues"])
@@ -139,6 +190,7 @@ def test_shift_timestamps_moves_every_timestamp_of_a_message(action: str) -> Non
         payload = {"timestamp": iso_utc(then), "transaction_data": [value, value]}
     else:
         payload = {"connector_id": 1, "meter_value": [value]}
+    before = copy.deepcopy(payload)
     shifted = shift_timestamps(payload, STALE)
     stamps = [shifted["timestamp"]] if "timestamp" in shifted else []
     for key in ("meter_value", "transaction_data"):
@@ -146,4 +198,4 @@ def test_shift_timestamps_moves_every_timestamp_of_a_message(action: str) -> Non
         if isinstance(values, list):
             stamps += [v["timestamp"] for v in values]
     assert stamps and set(stamps) == {iso_utc(TRUE_START)}
-    assert payload.get("timestamp") in (None, iso_utc(then))  # the original is untouched
+    assert payload == before  # the original is untouched, nested values too

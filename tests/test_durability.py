@@ -5,33 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from pathlib import Path
 
 from evse_daemon.bench.csms import BenchCsms
-from evse_daemon.control import request_async
-from tests.harness import DaemonProcess, bench, write_config
-
-
-async def _ctl(socket: Path, **command: object) -> object:
-    reply = await request_async(str(socket), dict(command))
-    assert reply["ok"], reply
-    return reply.get("result")
+from tests.harness import (
+    DaemonProcess,
+    bench,
+    control,
+    pretend_the_board_rebooted,
+    write_config,
+)
 
 
 def _register_wh(state_dir: Path, connector_id: int) -> float:
     data = json.loads((state_dir / f"mock-meter-{connector_id}.json").read_text())
     return float(data["energy_import_wh"])
-
-
-def _pretend_the_board_rebooted(state_dir: Path) -> None:
-    # A power cut restarts the board: the kernel's boot id changes. The test machine cannot
-    # reboot, so the boot id the daemon recorded is replaced by another one.
-    with sqlite3.connect(state_dir / "evse.sqlite3") as db:
-        db.execute(
-            "UPDATE kv SET value = ? WHERE namespace = 'daemon' AND key = 'boot_id'",
-            (json.dumps("a-previous-boot"),),
-        )
 
 
 async def _charge_then_kill(csms: BenchCsms, tmp_path: Path, tag: str) -> tuple[dict, Path]:
@@ -40,8 +28,8 @@ async def _charge_then_kill(csms: BenchCsms, tmp_path: Path, tag: str) -> tuple[
     daemon = DaemonProcess(config)
     try:
         await csms.wait_for("StatusNotification", lambda p: p["connectorId"] == 1, timeout_s=20)
-        await _ctl(socket, cmd="plug", connector=1)
-        await _ctl(socket, cmd="swipe", tag=tag)
+        await control(socket, cmd="plug", connector=1)
+        await control(socket, cmd="swipe", tag=tag)
         start = await csms.wait_for("StartTransaction", timeout_s=10)
         await csms.wait_for("StatusNotification", lambda p: p["status"] == "Charging")
         await asyncio.sleep(1.5)  # let the meter count
@@ -55,7 +43,7 @@ async def test_TC_032_2_power_loss_stops_the_transaction_after_reboot(tmp_path: 
         start, config = await _charge_then_kill(csms, tmp_path, "TAG-PL")
         assert csms.messages("StopTransaction") == []
         state = tmp_path / "state"
-        _pretend_the_board_rebooted(state)
+        pretend_the_board_rebooted(state)
         mark = csms.mark()
         daemon = DaemonProcess(config)
         try:
@@ -144,12 +132,12 @@ async def test_queue_survives_a_kill_while_offline_and_is_sent_exactly_once(
             await csms.wait_for("StatusNotification", lambda p: p["connectorId"] == 1, timeout_s=20)
             csms.accepting = False
             await csms.drop_connection()
-            await _ctl(socket, cmd="plug", connector=1)
-            await _ctl(socket, cmd="swipe", tag="TAG-Q")
+            await control(socket, cmd="plug", connector=1)
+            await control(socket, cmd="swipe", tag="TAG-Q")
             await asyncio.sleep(1.0)
-            await _ctl(socket, cmd="unplug", connector=1)
+            await control(socket, cmd="unplug", connector=1)
             for _ in range(100):
-                status = await _ctl(socket, cmd="status")
+                status = await control(socket, cmd="status")
                 assert isinstance(status, dict)
                 if status["ocpp"]["queue_depth"] == 2:
                     break

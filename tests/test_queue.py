@@ -142,6 +142,5 @@ async def test_a_wall_clock_step_never_reorders_the_queue(tmp_path: Path) -> Non
         await reloaded.load()
         assert _minutes(reloaded) == [1, 2, 3, 4]
         assert [m.made for m in reloaded._tx_queue] == made
-        assert [m.monotonic for m in made] == sorted(m.monotonic for m in made)
     finally:
         await store.close()

@@ -85,6 +85,8 @@ class McuEmulator:
         self.received: list[str] = []
         self.sent: list[str] = []
         self.watchdog_fired_at: float | None = None
+        self.fed_at: float | None = None  # the last host line that fed the watchdog
+        self.last_sent_at: float | None = None  # the last line sent, just before it went out
         self._last_host_line: float | None = None
         self._buf = bytearray()
         self._in_line = False
@@ -109,6 +111,12 @@ class McuEmulator:
             self._send("00 EVT BOOT")
             self._report("00")
 
+    def mute(self) -> float:
+        """From now on send nothing (``muted``); returns when the last line went out."""
+        with self._lock:
+            self.muted = True
+            return self.last_sent_at if self.last_sent_at is not None else time.monotonic()
+
     def inject(self, raw: bytes) -> None:
         """Raw bytes onto the line towards the host (noise, broken lines)."""
         with self._lock:
@@ -126,6 +134,7 @@ class McuEmulator:
             return
         raw = body.encode()
         self.sent.append(body)
+        self.last_sent_at = time.monotonic()
         try:
             self._port.write(b"$" + raw + b"*%02X\n" % spec_crc8(raw))
         except (serial.SerialException, OSError):
@@ -212,7 +221,7 @@ class McuEmulator:
                 self.drop_commands -= 1
                 return
         self.received.append(f"{seq} {text}")
-        self._last_host_line = time.monotonic()
+        self._last_host_line = self.fed_at = time.monotonic()
         if verb == "HB" and not args:
             self._report(seq)
         elif verb in ("X1", "F") and not args:

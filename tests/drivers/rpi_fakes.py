@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-from gpiozero import Device  # type: ignore[import-untyped]
 from gpiozero.pins.mock import (  # type: ignore[import-untyped]
     MockFactory,
     MockPin,
@@ -29,21 +27,6 @@ from gpiozero.pins.mock import (  # type: ignore[import-untyped]
 
 from drivers.protocols import CpState
 from drivers.rpi import PilotWiring
-
-
-def mock_gpio_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[MockFactory]:
-    """Body of each test module's ``gpio_factory`` fixture: a fresh gpiozero mock pin factory
-    with PWM-capable pins (as on a real Pi), closed at the end.
-
-    The drivers get it through ``pin_factory=``. It is also made the global default for the
-    test's duration only, because gpiozero 2.0.1's software SPI bus (the one mock SPI always
-    uses) builds itself without passing its factory on (``SPISoftwareBus.__init__`` calls
-    ``Device.__init__()`` bare) and would otherwise go looking for real hardware.
-    """
-    factory = MockFactory(pin_class=MockPWMPin)
-    monkeypatch.setattr(Device, "pin_factory", factory)
-    yield factory
-    factory.close()
 
 
 class HookedPin(MockPWMPin):  # type: ignore[misc]

@@ -25,7 +25,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -67,7 +67,6 @@ from tests.drivers.rpi_fakes import (
     drive_input,
     hooked_pin,
     make_pwm_tree,
-    mock_gpio_factory,
     read_attr,
 )
 
@@ -530,11 +529,6 @@ async def _drive_ev(plant: Plant) -> None:
         await asyncio.sleep(0.005)
 
 
-@pytest.fixture
-def gpio_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[MockFactory]:
-    yield from mock_gpio_factory(monkeypatch)
-
-
 @contextlib.asynccontextmanager
 async def rig(directory: Path, factory: MockFactory) -> AsyncIterator[Rig]:
     """The CSMS, the stand-ins and the daemon on the real drivers; all stopped afterwards."""
@@ -808,11 +802,11 @@ async def test_rcd_trip(tmp_path: Path, gpio_factory: MockFactory) -> None:
         mark = r.csms.mark()
         t_trip = time.monotonic()
         p.residual_current(True)
-        await r.wait_until(lambda: not p.relay_on, "relay off after the trip", timeout_s=1.0)
+        await r.wait_until(lambda: not p.relay_on, "relay off after the trip")
         faulted = await r.wait_status(1, "Faulted", error_code="GroundFailure", after=mark)
+        # Opened first, reported after (how soon is for benchmarks/daemon.py to measure).
         t_open = p.when("relay off", t_trip)
         assert t_open is not None and t_open < faulted.received_at
-        assert t_open - t_trip < 0.5, f"relay opened {t_open - t_trip:.3f} s after the trip"
         await r.wait_until(lambda: p.when("duty 0", t_trip) is not None, "state F")
 
         # The residual current goes away: the fault clears and the EV may charge again.
@@ -1142,14 +1136,19 @@ async def test_a_hung_safety_loop_drops_the_contactor_through_the_hardware_watch
         await r.start_charging()
         toggling_at = len(p.toggles)
         await r.wait_until(lambda: len(p.toggles) >= toggling_at + 10, "the pump toggled")
-        r.app.stall_safety_loop(1.5)
+        # Held until the test lets it go (not for a set time: a loaded machine must not
+        # release it before the drop was seen).
+        r.app.stall_safety_loop(3600)
         t_stall = time.monotonic()
-        await r.wait_until(lambda: not p.contacts_closed, "the coil dropped", timeout_s=1.4)
+        held_at = len(p.toggles)
+        await r.wait_until(lambda: not p.contacts_closed, "the coil dropped")
         assert p.relay_on, "the software did not open it: the hardware did"
         t_drop = p.when("charge pump dropped the coil", t_stall)
         assert t_drop is not None
-        # No edge while held: the last one came before the drop by the pump's hold time.
-        assert not [t for t in p.toggles if t_stall + 0.1 < t < t_drop]
+        # The loop runs on the test's event loop: once held, not one more edge.
+        assert p.toggles[held_at:] == [], "the pump was toggled while the loop was held"
+        r.app.stall_safety_loop(0)
+        await r.wait_until(lambda: len(p.toggles) > held_at, "toggling again once released")
         await r.wait_until(lambda: p.contacts_closed, "closed again once the loop runs")
         assert r.app.charger.transaction_on(1) is not None
     assert not p.watchdog_pin.state, "left low: no edge, no coil, after the daemon stopped"

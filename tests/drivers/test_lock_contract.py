@@ -7,7 +7,7 @@ direction driven, unless the lock is jammed (then nothing moves).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 import pytest
@@ -16,14 +16,9 @@ from gpiozero.pins.mock import MockFactory  # type: ignore[import-untyped]
 from drivers.mock import MockConnectorHardware
 from drivers.protocols import LockDriver
 from drivers.rpi import GpioLock, LockWiring
-from tests.drivers.rpi_fakes import drive_input, hooked_pin, mock_gpio_factory
+from tests.drivers.rpi_fakes import drive_input, hooked_pin
 
 FAST = {"pulse_s": 0.01, "settle_s": 0.002, "retry_pause_s": 0.005, "attempts": 3}
-
-
-@pytest.fixture
-def gpio_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[MockFactory]:
-    yield from mock_gpio_factory(monkeypatch)
 
 
 class LockWorld(Protocol):

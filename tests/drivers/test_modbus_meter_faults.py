@@ -1,13 +1,13 @@
 """How the Modbus meter driver fails, against real pymodbus peers: every fault is a MeterError
-within about timeout_s (never a made-up value, never another exception), and the driver reads
-again once the peer is back. Timing bounds are deliberately generous."""
+(never a made-up value, never another exception, never a hang), and the driver reads again
+once the peer is back. A peer that does not answer is told apart by the error ("no answer
+within ..."), not by a stopwatch: how soon the error comes is no test's business here."""
 
 from __future__ import annotations
 
 import asyncio
 import math
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,8 +29,8 @@ from tests.drivers.modbus_peers import (
 from tests.drivers.ptys import PtyPair, socat_pair
 
 TIMEOUT_S = 0.3
-# Generous: a failure must come "within about timeout_s", on a loaded CI machine too.
-BOUND_S = TIMEOUT_S + 1.5
+# Only guards against a read that hangs: a loaded machine never comes near it.
+HANG_S = 10 * TIMEOUT_S
 
 SDM630 = LAYOUTS["eastron-sdm630"][1]
 
@@ -68,11 +68,11 @@ def assert_known(reading: MeterReading, fake: FakeMeter) -> None:
     )
 
 
-async def fails_quickly(meter: ModbusMeter, match: str | None = None) -> MeterError:
-    start = time.monotonic()
+async def read_fails(meter: ModbusMeter, match: str | None = None) -> MeterError:
+    """The read raises MeterError (matching ``match``), and does not hang."""
     with pytest.raises(MeterError, match=match) as info:
-        await meter.read()
-    assert time.monotonic() - start < BOUND_S
+        async with asyncio.timeout(HANG_S):
+            await meter.read()
     return info.value
 
 
@@ -86,8 +86,8 @@ async def test_tcp_server_stopped_then_back() -> None:
     try:
         assert_known(await meter.read(), fake)
         await stop_server(server)
-        await fails_quickly(meter)
-        await fails_quickly(meter)  # still down: fails again, no hang, no backlog
+        await read_fails(meter)
+        await read_fails(meter)  # still down: fails again, no hang, no backlog
         server, _ = await start_tcp_server([fake], port=port)
         fake.values["energy_import"] += 500.0
         assert_known(await eventually(meter.read), fake)  # type: ignore[arg-type]
@@ -103,7 +103,7 @@ async def test_tcp_server_not_answering_times_out_then_recovers() -> None:
     try:
         await meter.read()
         fake.silent_s = 3.0
-        await fails_quickly(meter, "no answer within")
+        await read_fails(meter, "no answer within")
         fake.silent_s = 0.0
         # The connection was dropped after the timeout; the next read opens a new one.
         assert_known(await meter.read(), fake)
@@ -119,8 +119,8 @@ async def test_rtu_server_stopped_times_out_then_recovers(pty_pair: PtyPair) -> 
     try:
         assert_known(await meter.read(), fake)
         await stop_server(server)
-        await fails_quickly(meter, "no answer within")
-        await fails_quickly(meter, "no answer within")
+        await read_fails(meter, "no answer within")
+        await read_fails(meter, "no answer within")
         server = await start_rtu_server([fake], pty_pair.b)
         fake.values["energy_import"] += 500.0
         assert_known(await eventually(meter.read), fake)  # type: ignore[arg-type]
@@ -194,7 +194,7 @@ async def test_unit_id_not_served_is_a_modbus_exception(transport: str, tmp_path
             meter = rtu_meter(pair, buses, unit_id=9)
         try:
             # pymodbus 3.16 answers an unknown unit with exception 4 (device failure).
-            error = await fails_quickly(meter, "Modbus exception")
+            error = await read_fails(meter, "Modbus exception")
             assert "unit 9" in str(error)
         finally:
             await meter.shutdown()
@@ -215,7 +215,7 @@ async def test_illegal_address_is_a_modbus_exception(tmp_path: Path) -> None:
         buses=ModbusBuses(),
     )
     try:
-        await fails_quickly(meter, r"Modbus exception 2 \(illegal data address\)")
+        await read_fails(meter, r"Modbus exception 2 \(illegal data address\)")
     finally:
         await meter.shutdown()
         await stop_server(server)
@@ -253,7 +253,7 @@ async def test_implausible_values_are_errors(
     try:
         good = fake.values[quantity]
         fake.values[quantity] = value
-        await fails_quickly(meter, match)
+        await read_fails(meter, match)
         fake.values[quantity] = good
         await meter.read()  # a good value is accepted again
     finally:
@@ -268,8 +268,8 @@ async def test_energy_going_backwards_is_an_error() -> None:
     try:
         first = await meter.read()
         fake.values["energy_import"] -= 1000.0
-        await fails_quickly(meter, "went backwards")
-        await fails_quickly(meter, "went backwards")  # compared with the last *good* reading
+        await read_fails(meter, "went backwards")
+        await read_fails(meter, "went backwards")  # compared with the last *good* reading
         fake.values["energy_import"] = first.energy_import_wh  # equal is fine
         assert (await meter.read()).energy_import_wh == first.energy_import_wh
         fake.values["energy_import"] += 10.0
@@ -320,7 +320,7 @@ async def test_garbage_answers_on_the_serial_line_are_errors(mode: str, pty_pair
     try:
         assert_known(await meter.read(), fake)
         noise.mode = mode
-        await fails_quickly(meter)
+        await read_fails(meter)
         noise.mode = None
         fake.values["energy_import"] += 100.0
         assert_known(await eventually(meter.read), fake)  # type: ignore[arg-type]

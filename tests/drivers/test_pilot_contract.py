@@ -31,7 +31,6 @@ from tests.drivers.rpi_fakes import (
     FakePwmKernel,
     cp_to_adc_volts,
     make_pwm_tree,
-    mock_gpio_factory,
     read_attr,
 )
 
@@ -39,11 +38,6 @@ DEADLINE_S = 3.0
 
 # Small bursts: the mock SPI bit-bangs in Python (~0.1 ms per conversion).
 TEST_WIRING = PilotWiring(samples_per_burst=20, burst_interval_s=0.002, settle_s=0.001)
-
-
-@pytest.fixture
-def gpio_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[MockFactory]:
-    yield from mock_gpio_factory(monkeypatch)
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:

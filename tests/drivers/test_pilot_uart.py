@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -47,6 +47,8 @@ from tests.drivers.pilot_mcu_emulator import (
 # socat is installed by `scripts/bootstrap --test`: without it these tests fail, not skip.
 
 REPO = Path(__file__).resolve().parents[2]
+# Bounds waits for what must happen: only a hang, not a slow machine, reaches it.
+WAIT_S = 10.0
 
 
 # ------------------------------------------------------------------------ fixtures
@@ -179,26 +181,30 @@ def test_steady_and_state_f(pilot: UartPilot, mcu: McuEmulator) -> None:
     assert healthy(pilot)
 
 
-def test_sync_methods_return_within_a_millisecond(pilot: UartPilot, mcu: McuEmulator) -> None:
-    # The emulator shares this process's GIL; a real co-processor does not. Freeze it so that
-    # what is measured is the driver (the lock, one non-blocking write).
+def test_sync_methods_do_not_wait_for_the_coprocessor(pilot: UartPilot, mcu: McuEmulator) -> None:
+    # Frozen, the co-processor acknowledges nothing: a call that waited for its
+    # acknowledgement would take at least the ack timeout, these calls together longer than
+    # the generous wait below. (How fast they are is a benchmark's business, not a test's.)
+    calls = 200
+    assert calls * ACK_TIMEOUT_S > 2 * WAIT_S
     mcu.frozen = True
-    durations = []
-    for i in range(200):
-        start = time.perf_counter()
-        if i % 3 == 0:
-            pilot.set_pwm(10.0 + i / 10)
-        elif i % 3 == 1:
-            pilot.set_steady()
-        else:
-            pilot.read()
-        durations.append(time.perf_counter() - start)
-    durations.sort()
-    # Not a speed benchmark (those live in benchmarks/): a call that waited for the frozen
-    # co-processor's acknowledgement would take the 150 ms ack timeout; none may.
-    assert durations[len(durations) // 2] < 0.05
+
+    def call_them() -> None:
+        for i in range(calls):
+            if i % 3 == 0:
+                pilot.set_pwm(10.0 + i / 10)
+            elif i % 3 == 1:
+                pilot.set_steady()
+            else:
+                pilot.read()
+
+    caller = threading.Thread(target=call_them, daemon=True)
+    caller.start()
+    caller.join(WAIT_S)
+    assert not caller.is_alive(), "the calls wait for the co-processor"
+    assert not pilot.output_confirmed  # nothing was acknowledged meanwhile
     mcu.frozen = False
-    wait_until(lambda: pilot.output_confirmed and mcu.output == "X1")
+    wait_until(lambda: pilot.output_confirmed and mcu.output == "X1", timeout=WAIT_S)
 
 
 # ------------------------------------------------------------------------ readings
@@ -285,8 +291,8 @@ def test_corrupted_lines_are_ignored(pilot: UartPilot, mcu: McuEmulator) -> None
     assert pilot.read() == PilotReading(CpState.B)
     assert calls == []  # the reading never moved
     assert healthy(pilot)  # the good lines in between kept the link alive
-    mcu.inject(good_c)  # and a good line is taken at once
-    wait_until(lambda: calls == [PilotReading(CpState.C)], timeout=0.1)
+    mcu.inject(good_c)  # and a good line is taken at once: muted, nothing else confirms it
+    wait_until(lambda: calls[:1] == [PilotReading(CpState.C)], timeout=WAIT_S)
     mcu.muted = False
     wait_until(lambda: pilot.read() == PilotReading(CpState.B))
 
@@ -294,26 +300,27 @@ def test_corrupted_lines_are_ignored(pilot: UartPilot, mcu: McuEmulator) -> None
 # ------------------------------------------------------------------------ co-processor faults
 
 
-def test_silent_coprocessor_is_a_fault_within_the_documented_time(
+def test_silent_coprocessor_is_a_fault_after_the_silence_timeout(
     pilot: UartPilot, mcu: McuEmulator
 ) -> None:
     mcu.set_ev(CpState.C)
     pilot.set_pwm(26.66)
     wait_until(lambda: pilot.read().state is CpState.C)
-    faulted = threading.Event()
-    pilot.set_listener(lambda: faulted.set() if pilot.read() == FAULT_READING else None)
-    mcu.muted = True
-    last_heard = time.monotonic()
-    assert faulted.wait(1.0)
-    # The spec: within 310 ms of the last valid line (+ the emulator's 5 ms read slice).
-    # (Generous margin: a loaded CI machine delays threads; an early fault is the real bug.)
-    assert time.monotonic() - last_heard <= SILENCE_TIMEOUT_S + 0.5
+    faulted_at: list[float] = []
+    pilot.set_listener(
+        lambda: faulted_at.append(time.monotonic()) if pilot.read() == FAULT_READING else None
+    )
+    last_line_at = mcu.mute()
+    wait_until(lambda: faulted_at != [], timeout=WAIT_S)
+    # Not before SILENCE_TIMEOUT_S since the last valid line (the driver heard it after it
+    # was sent). How soon after is the spec's 310 ms, not something a shared machine keeps.
+    assert faulted_at[0] - last_line_at >= SILENCE_TIMEOUT_S
     assert pilot.read() == FAULT_READING == PilotReading(CpState.E, diode_ok=False)
     assert pilot.fault is not None and "silent" in pilot.fault
     # It still listened all along: no watchdog, the output is what was commanded.
     assert mcu.output == "PWM 2666"
     mcu.muted = False
-    wait_until(lambda: pilot.read() == PilotReading(CpState.C), timeout=1.0)
+    wait_until(lambda: pilot.read() == PilotReading(CpState.C), timeout=WAIT_S)
     assert healthy(pilot)
 
 
@@ -331,15 +338,15 @@ def test_unacknowledged_command_is_a_fault_then_recovers(
 ) -> None:
     mcu.set_ev(CpState.B)
     mcu.ignore_commands = True  # heartbeats still get through and are answered
+    commanded_at = time.monotonic()
     pilot.set_steady()
-    took = wait_until(lambda: pilot.read() == FAULT_READING)
-    # Not before the ack timeout; the upper margin is for a loaded machine.
-    assert ACK_TIMEOUT_S - 0.01 <= took <= ACK_TIMEOUT_S + 0.5
+    wait_until(lambda: pilot.read() == FAULT_READING, timeout=WAIT_S)
+    assert time.monotonic() - commanded_at >= ACK_TIMEOUT_S  # not before the ack timeout
     assert pilot.fault is not None and "not acknowledged" in pilot.fault
     assert mcu.watchdog_fired_at is None  # heartbeats kept the co-processor's watchdog quiet
-    assert mcu.output == "F" and mcu.watchdog_fired_at is None
+    assert mcu.output == "F"
     mcu.ignore_commands = False  # the command is repeated until it gets through
-    wait_until(lambda: pilot.read() == PilotReading(CpState.B), timeout=1.0)
+    wait_until(lambda: pilot.read() == PilotReading(CpState.B), timeout=WAIT_S)
     assert mcu.output == "X1" and healthy(pilot)
 
 
@@ -359,8 +366,11 @@ def test_acknowledged_duty_mismatch_is_a_fault(pilot: UartPilot, mcu: McuEmulato
     mcu.set_ev(CpState.C)
     mcu.duty_clamp = 5000
     pilot.set_pwm(60.0)
-    wait_until(lambda: pilot.read() == FAULT_READING, timeout=0.1)
-    assert pilot.fault is not None and "acknowledged" in pilot.fault
+    wait_until(lambda: pilot.read() == FAULT_READING, timeout=WAIT_S)
+    # The acknowledgement itself is the fault (not its absence: "... not acknowledged").
+    fault = pilot.fault
+    assert fault is not None and fault.startswith("co-processor acknowledged "), fault
+    assert "PWM 5000" in fault
     pilot.set_pwm(30.0)  # a command it can carry out clears it
     wait_until(lambda: pilot.read() == PilotReading(CpState.C))
     assert mcu.output == "PWM 3000"
@@ -373,7 +383,7 @@ def test_coprocessor_reset_is_a_fault_until_the_next_command(
     pilot.set_pwm(26.66)
     wait_until(lambda: pilot.read().state is CpState.C and pilot.output_confirmed)
     mcu.boot()  # a brown-out: it comes back in F (rule 1), not in the commanded PWM
-    wait_until(lambda: pilot.read() == FAULT_READING, timeout=0.1)
+    wait_until(lambda: pilot.read() == FAULT_READING, timeout=WAIT_S)
     assert pilot.fault is not None and "drives 'F'" in pilot.fault
     # The controller's fault cycle: state F, then x1. Each is a new, acknowledged command.
     pilot.set_state_f()
@@ -393,31 +403,39 @@ def test_coprocessor_watchdog_and_noise_rules(
     host = serial.Serial(str(pty_pair[0]), 115200, timeout=0.05)
     try:
         decoder = LineDecoder()
+        replies: list[str] = []
+
+        def read_replies_until(done: Callable[[list[str]], bool]) -> None:
+            deadline = time.monotonic() + WAIT_S
+            while not done(replies):
+                assert time.monotonic() < deadline, f"not among the replies: {replies}"
+                replies.extend(decoder.feed(host.read(max(1, host.in_waiting))))
+
         host.write(encode_line("01 X1"))
-        wait_until(lambda: mcu.output == "X1")
-        # Broken lines neither act nor feed the watchdog.
-        fed_at = mcu.applied[-1][0]  # the last line that fed the watchdog
+        wait_until(lambda: mcu.output == "X1", timeout=WAIT_S)
+        fed_at = mcu.fed_at
+        assert fed_at is not None
+        # Broken lines neither act nor feed the watchdog: broken heartbeats go on until it
+        # fires, which it never would if they fed it.
         host.write(b"$02 PWM 5000*00\n" + encode_line("03 PWM 5000")[:-4] + b"\n")
-        deadline = fed_at + 0.4
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + WAIT_S
+        while mcu.watchdog_fired_at is None:
+            assert time.monotonic() < deadline, "the broken heartbeats fed the watchdog"
             host.write(b"$04 HB*FF\n")
             time.sleep(0.05)
-        assert mcu.output == "X1"
-        wait_until(lambda: mcu.output == "F", timeout=1.0)
-        assert mcu.watchdog_fired_at is not None
-        assert MCU_WATCHDOG_S <= mcu.watchdog_fired_at - fed_at <= MCU_WATCHDOG_S + 0.5
-        replies = list(decoder.feed(host.read(4096)))
-        assert replies[-2:] == ["00 EVT WDOG", "00 ST F - F"]
+        assert mcu.fed_at == fed_at
+        assert mcu.watchdog_fired_at - fed_at >= MCU_WATCHDOG_S  # not before its time
+        wait_until(lambda: mcu.output == "F", timeout=WAIT_S)
+        assert [output for _, output in mcu.applied] == ["F", "X1", "F"]  # no PWM 5000
+        read_replies_until(lambda r: r[-2:] == ["00 EVT WDOG", "00 ST F - F"])
         # F is sticky: heartbeats alone do not bring the old output back.
         for seq in range(5, 9):
             host.write(encode_line(f"{seq:02X} HB"))
-            time.sleep(0.02)
+        wait_until(lambda: "08 HB" in mcu.received, timeout=WAIT_S)
         assert mcu.output == "F"
         # Lines it cannot execute are answered with ER and change nothing.
         host.write(encode_line("09 PWM 0") + encode_line("0A DANCE"))
-        time.sleep(0.05)
-        replies = list(decoder.feed(host.read(4096)))
-        assert "09 ER ARG" in replies and "0A ER VERB" in replies
+        read_replies_until(lambda r: "09 ER ARG" in r and "0A ER VERB" in r)
         assert mcu.output == "F"
     finally:
         host.close()
@@ -429,13 +447,11 @@ def test_stopped_heartbeats_make_the_coprocessor_drive_f(
     pilot.set_pwm(26.66)
     wait_until(lambda: mcu.output == "PWM 2666")
     pilot._stop_worker()  # the thread dies; the port stays open, nothing sends F
-    stopped = time.monotonic()
-    wait_until(lambda: mcu.output == "F", timeout=1.0)
-    assert mcu.watchdog_fired_at is not None
-    assert mcu.watchdog_fired_at - stopped <= MCU_WATCHDOG_S + 0.5
-    wait_until(lambda: "00 EVT WDOG" in mcu.sent, timeout=0.1)
+    wait_until(lambda: mcu.output == "F", timeout=WAIT_S)
+    assert mcu.watchdog_fired_at is not None  # its watchdog drove F, not a command
+    wait_until(lambda: "00 EVT WDOG" in mcu.sent, timeout=WAIT_S)
     # The host side, if still alive, sees silence: nobody reads the reports any more.
-    wait_until(lambda: pilot.read() == FAULT_READING, timeout=1.0)
+    wait_until(lambda: pilot.read() == FAULT_READING, timeout=WAIT_S)
 
 
 def test_killed_daemon_makes_the_coprocessor_drive_f(
@@ -454,15 +470,13 @@ def test_killed_daemon_makes_the_coprocessor_drive_f(
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "up\n"
-        wait_until(lambda: mcu.output == "PWM 2666", timeout=2.0)
+        wait_until(lambda: mcu.output == "PWM 2666", timeout=WAIT_S)
         time.sleep(3 * HEARTBEAT_INTERVAL_S)  # heartbeats keep it up meanwhile
         assert mcu.output == "PWM 2666"
         os.kill(proc.pid, signal.SIGKILL)
-        killed = time.monotonic()
         proc.wait(timeout=5)
-        wait_until(lambda: mcu.output == "F", timeout=1.0)
-        assert time.monotonic() - killed <= MCU_WATCHDOG_S + 0.5
-        wait_until(lambda: mcu.sent[-2:] == ["00 EVT WDOG", "00 ST F - F"], timeout=0.1)
+        wait_until(lambda: mcu.output == "F", timeout=WAIT_S)
+        wait_until(lambda: mcu.sent[-2:] == ["00 EVT WDOG", "00 ST F - F"], timeout=WAIT_S)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -475,9 +489,10 @@ def test_shutdown_drives_f_and_releases_the_port(
     pilot = uart_pilot_from_options({"device": str(pty_pair[0]), "baudrate": 250000})
     pilot.set_pwm(26.66)
     wait_until(lambda: mcu.output == "PWM 2666")
-    start = time.monotonic()
-    pilot.shutdown()
-    assert time.monotonic() - start < 1.0  # waits for the acknowledgement, not forever
+    stopping = threading.Thread(target=pilot.shutdown, daemon=True)
+    stopping.start()
+    stopping.join(WAIT_S)
+    assert not stopping.is_alive(), "shutdown waits forever"
     assert mcu.output == "F"  # acknowledged before shutdown returned, no watchdog needed
     assert mcu.watchdog_fired_at is None
     assert not pilot._thread.is_alive()

@@ -17,16 +17,11 @@ from gpiozero.pins.mock import MockFactory  # type: ignore[import-untyped]
 from drivers.mock import MockConnectorHardware
 from drivers.protocols import ResidualCurrentMonitor
 from drivers.rpi import GpioRcd, RcdWiring
-from tests.drivers.rpi_fakes import drive_input, hooked_pin, mock_gpio_factory
+from tests.drivers.rpi_fakes import drive_input, hooked_pin
 
 TRIP = 22
 TEST = 23
 TIMEOUT_S = 0.1
-
-
-@pytest.fixture
-def gpio_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[MockFactory]:
-    yield from mock_gpio_factory(monkeypatch)
 
 
 class RcdWorld(Protocol):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,14 +29,7 @@ from tests.drivers.rpi_fakes import (
     EmulatedMcp3008,
     cp_to_adc_volts,
     make_pwm_tree,
-    mock_gpio_factory,
 )
-
-
-@pytest.fixture
-def gpio_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[MockFactory]:
-    yield from mock_gpio_factory(monkeypatch)
-
 
 # ------------------------------------------------------------------- PP bands
 
@@ -77,9 +69,16 @@ def test_bands(ohm: float, amps: float) -> None:
     assert cable_rating_for_resistance(ohm) == amps
 
 
-@pytest.mark.parametrize("ohm", [math.inf, 1e6, 2200.0, 74.9, 0.0])
-def test_no_cable_or_invalid_coding(ohm: float) -> None:
+@pytest.mark.parametrize("ohm", [math.inf, 1e6, 100_000.0])
+def test_an_open_pp_is_no_cable(ohm: float) -> None:
     assert cable_rating_for_resistance(ohm) is None
+
+
+@pytest.mark.parametrize("ohm", [0.0, 50.0, 74.9, 2200.0, 5000.0, 99_999.0])
+def test_an_invalid_coding_is_a_cable_that_may_carry_nothing(ohm: float) -> None:
+    """A short to PE, a broken cable or a resistor in no band: 0 A, never "no cable" (which
+    would leave the connector's full rating unlimited by the cable)."""
+    assert cable_rating_for_resistance(ohm) == 0.0
 
 
 def test_bands_are_contiguous_and_ordered() -> None:

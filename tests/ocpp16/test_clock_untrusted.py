@@ -7,26 +7,19 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from evse_daemon.clock import SystemClock
-from tests.harness import bench
-from tests.ocpp16.test_tc_offline_power import (
-    _local_status,
-    _queued,
-    _time,
-    _tx_messages,
+from tests.harness import (
+    RATING_A,
+    SLACK,
+    STALE,
+    bench,
+    charging_profile,
+    local_status,
+    queued_actions,
+    set_charging_profile,
+    stale_clock,
+    tx_messages,
+    utc_time,
 )
-from tests.ocpp16.test_tc_smart_charging import RATING_A, _profile, _set
-
-# fake-hwclock restored the time of the last shutdown, three years ago.
-STALE = timedelta(days=3 * 365)
-# How far a corrected timestamp may be from the instant the test saw the event happen: the
-# correction is exact; this covers the test's own observation lag on a loaded machine.
-SLACK = timedelta(seconds=5)
-
-
-def stale_clock() -> SystemClock:
-    """The board's clock before NTP: the system time is STALE behind, NTP never syncs."""
-    return SystemClock(synchronized=lambda: False, system_utc=lambda: datetime.now(UTC) - STALE)
 
 
 async def test_offline_transaction_made_with_a_stale_clock_is_reported_at_the_true_time(
@@ -48,29 +41,29 @@ async def test_offline_transaction_made_with_a_stale_clock_is_reported_at_the_tr
         started_at = datetime.now(UTC)
         b.ev(1).plug()
         b.swipe("TAG-OFF")
-        await b.wait_until(lambda: _local_status(b) == "Charging", what="charging offline")
-        await b.wait_until(lambda: "MeterValues" in _queued(b), what="a meter value queued")
+        await b.wait_until(lambda: local_status(b) == "Charging", what="charging offline")
+        await b.wait_until(lambda: "MeterValues" in queued_actions(b), what="a meter value queued")
         b.swipe("TAG-OFF")
-        await b.wait_until(lambda: _local_status(b) == "Finishing", what="stopped offline")
+        await b.wait_until(lambda: local_status(b) == "Finishing", what="stopped offline")
         stopped_at = datetime.now(UTC)
         b.ev(1).unplug()
-        await b.wait_until(lambda: _queued(b)[-1] == "StopTransaction", what="Stop queued")
+        await b.wait_until(lambda: queued_actions(b)[-1] == "StopTransaction", what="Stop queued")
 
         # The daemon restarts once more before the network is back: the stamps are on the
         # card with the messages.
         await b.restart_app()
         mark = await b.go_online()
         await b.csms.wait_for("StopTransaction", after=mark)
-        sent = _tx_messages(b.csms, mark)
+        sent = tx_messages(b.csms, mark)
         start, stop = sent[0], sent[-1]
         assert (start.action, stop.action) == ("StartTransaction", "StopTransaction")
 
-        start_time = _time(start.payload["timestamp"])
-        stop_time = _time(stop.payload["timestamp"])
+        start_time = utc_time(start.payload["timestamp"])
+        stop_time = utc_time(stop.payload["timestamp"])
         assert started_at - SLACK <= start_time <= started_at + SLACK
         assert stopped_at - SLACK <= stop_time <= stopped_at + SLACK
         sample_times = [
-            _time(value["timestamp"]) for m in sent[1:-1] for value in m.payload["meterValue"]
+            utc_time(value["timestamp"]) for m in sent[1:-1] for value in m.payload["meterValue"]
         ]
         assert sample_times
         assert all(start_time <= t <= stop_time for t in sample_times)
@@ -87,7 +80,7 @@ async def test_a_schedule_follows_the_time_the_csms_tells_at_once(tmp_path: Path
     async with bench(tmp_path, clock_factory=stale_clock) as b:
         await b.booted()
         hour_ago = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
-        profile = _profile(
+        profile = charging_profile(
             7,
             "TxDefaultProfile",
             [(0, 10.0)],
@@ -95,7 +88,7 @@ async def test_a_schedule_follows_the_time_the_csms_tells_at_once(tmp_path: Path
             valid_from=hour_ago,
             valid_to=hour_ago + timedelta(days=1),
         )
-        assert await _set(b, 1, profile) == "Accepted"
+        assert await set_charging_profile(b, 1, profile) == "Accepted"
         await b.wait_until(lambda: b.app.limit_decisions[1].limit_a == 10.0, what="10 A")
 
         await b.go_offline()

@@ -18,9 +18,7 @@ connection without a close frame, as when the network goes away.
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
-import sqlite3
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,40 +31,29 @@ from ocpp.v16 import call
 
 from evse_daemon.app import RunOutcome
 from evse_daemon.bench.csms import BenchCsms, ReceivedMessage
-from evse_daemon.control import ControlError, request_async
-from tests.harness import Bench, DaemonProcess, bench, write_config
-
-TX_ACTIONS = ("StartTransaction", "MeterValues", "StopTransaction")
-
+from evse_daemon.control import ControlError
+from tests.harness import (
+    Bench,
+    DaemonProcess,
+    bench,
+    control,
+    local_status,
+    pretend_the_board_rebooted,
+    queued_actions,
+    tx_messages,
+    utc_time,
+    write_config,
+)
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def _time(value: str) -> datetime:
-    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    assert moment.tzinfo is not None, f"timestamp {value!r} has no time zone"
-    return moment.astimezone(UTC)
-
-
-def _local_status(b: Bench, connector_id: int = 1) -> str:
-    return str(b.app.status()["connectors"][connector_id - 1]["status"])
 
 
 def _queue_depth(b: Bench) -> int:
     return int(b.app.status()["ocpp"]["queue_depth"])
 
 
-def _queued(b: Bench) -> list[str]:
-    """The actions in the charger's transaction-message queue, oldest first."""
-    return [m.action for m in b.app.adapter._tx_queue]
-
-
 def _index(b: Bench, message: ReceivedMessage) -> int:
     return b.csms.received.index(message)
-
-
-def _tx_messages(csms: BenchCsms, after: int = 0) -> list[ReceivedMessage]:
-    return [m for m in csms.received[after:] if m.action in TX_ACTIONS and m.error is None]
 
 
 async def _nth(
@@ -94,32 +81,16 @@ def _energy_wh(meter_value: dict[str, Any]) -> float:
     return value * 1000 if sample.get("unit") == "kWh" else value
 
 
-async def _ctl(socket: Path, **command: object) -> Any:
-    reply = await request_async(str(socket), dict(command))
-    assert reply["ok"], reply
-    return reply.get("result")
-
-
 async def _ctl_once_up(socket: Path, timeout_s: float = 20.0, **command: object) -> Any:
     """A control command to a daemon that is still starting (its socket may not exist yet)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return await _ctl(socket, **command)
+            return await control(socket, **command)
         except ControlError:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.05)  # nothing to wait on: the CSMS refuses the daemon
-
-
-def _pretend_the_board_rebooted(state_dir: Path) -> None:
-    # The power came back: the board booted, so the kernel's boot id changed. The test
-    # machine cannot reboot: the boot id the daemon recorded is replaced instead.
-    with sqlite3.connect(state_dir / "evse.sqlite3") as db:
-        db.execute(
-            "UPDATE kv SET value = ? WHERE namespace = 'daemon' AND key = 'boot_id'",
-            (json.dumps("a-previous-boot"),),
-        )
 
 
 async def _barrier(csms: BenchCsms) -> None:
@@ -227,8 +198,8 @@ async def test_TC_032_1_power_failure_stop_transactions_before_going_down(
             await csms.wait_for("StatusNotification", _of(2), timeout_s=20)
             # Reusable state Charging on connector 1.
             mark = csms.mark()
-            await _ctl(socket, cmd="plug", connector=1)
-            await _ctl(socket, cmd="swipe", tag="TAG-PF")
+            await control(socket, cmd="plug", connector=1)
+            await control(socket, cmd="swipe", tag="TAG-PF")
             start = await csms.wait_for("StartTransaction", after=mark)
             await csms.wait_for(
                 "StatusNotification",
@@ -257,7 +228,7 @@ async def test_TC_032_1_power_failure_stop_transactions_before_going_down(
         # The power is reconnected: the board boots. The EV stayed plugged in, but the mock
         # EV does not outlive the daemon's process: the bench plugs it in again before the
         # CSMS lets the new daemon register.
-        _pretend_the_board_rebooted(tmp_path / "state")
+        pretend_the_board_rebooted(tmp_path / "state")
         csms.accepting = False
         mark = csms.mark()
         daemon = DaemonProcess(config)
@@ -294,7 +265,7 @@ async def test_TC_034_power_failure_with_unavailable_status(tmp_path: Path) -> N
                 )
         finally:
             daemon.kill()  # the power goes: no goodbye
-        _pretend_the_board_rebooted(tmp_path / "state")
+        pretend_the_board_rebooted(tmp_path / "state")
         mark = csms.mark()
         daemon = DaemonProcess(config)
         try:
@@ -321,7 +292,7 @@ async def test_TC_036_connection_loss_during_transaction(tmp_path: Path) -> None
         # The connectivity is removed; the charger queues at least 3 meter values.
         await b.go_offline()
         await b.wait_until(lambda: _queue_depth(b) >= 3, timeout_s=4 * interval + 5, what="3 MVs")
-        assert _local_status(b) == "Charging"
+        assert local_status(b) == "Charging"
         mark = await b.go_online()
         queued = _queue_depth(b)
         assert queued >= 3
@@ -332,7 +303,7 @@ async def test_TC_036_connection_loss_during_transaction(tmp_path: Path) -> None
         values = b.csms.messages("MeterValues")
         assert all(m.payload.get("transactionId") == tx for m in values)
         assert all(m.payload["connectorId"] == 1 for m in values)
-        stamps = [_time(mv["timestamp"]) for m in values for mv in m.payload["meterValue"]]
+        stamps = [utc_time(mv["timestamp"]) for m in values for mv in m.payload["meterValue"]]
         # In chronological order, the queued ones before any new one (and nothing twice).
         assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps), stamps
         # None missing: the values are MeterValueSampleInterval apart, across the outage
@@ -348,7 +319,7 @@ async def test_TC_036_connection_loss_during_transaction(tmp_path: Path) -> None
                     assert sample.get("context", "Sample.Periodic") == "Sample.Periodic", sample
         # The transaction went on through the outage.
         assert "StopTransaction" not in b.actions(0)
-        assert _local_status(b) == "Charging"
+        assert local_status(b) == "Charging"
         assert b.app.charger.connector(1).tx is not None
 
 
@@ -382,7 +353,7 @@ async def test_TC_037_1_offline_start_transaction_valid_id_tag(tmp_path: Path) -
         # The EV driver starts a transaction offline with the valid idTag.
         b.ev(1).plug()
         b.swipe("TAG-VALID")
-        await b.wait_until(lambda: _local_status(b) == "Charging", what="charging offline")
+        await b.wait_until(lambda: local_status(b) == "Charging", what="charging offline")
         await b.wait_until(lambda: _queue_depth(b) == 1, what="StartTransaction queued")
         started_before = datetime.now(UTC)
         mark = await b.go_online()
@@ -391,7 +362,7 @@ async def test_TC_037_1_offline_start_transaction_valid_id_tag(tmp_path: Path) -
         assert start.payload["idTag"] == "TAG-VALID"
         assert start.payload["connectorId"] == 1
         # Queued with the time the transaction started, not the time it was sent.
-        assert _time(start.payload["timestamp"]) <= started_before
+        assert utc_time(start.payload["timestamp"]) <= started_before
         tx = max(b.csms.transaction_ids)
         assert b.csms.transaction_ids[tx] == "TAG-VALID"
         charging = await b.wait_status(1, "Charging", after=mark)
@@ -404,6 +375,12 @@ async def test_TC_037_1_offline_start_transaction_valid_id_tag(tmp_path: Path) -
         assert b.ev(1).snapshot()["contactor_commanded"] is True
 
 
+# TC_037_2/3: the charger lets an unknown idTag through offline; the CSMS knows it as Invalid.
+OFFLINE_UNKNOWN_ID = {"LocalAuthorizeOffline": True, "AllowOfflineTxForUnknownId": True}
+STOP_ON_INVALID_ID = {**OFFLINE_UNKNOWN_ID, "StopTransactionOnInvalidId": True}
+INVALID_TAG = {"TAG-INVALID": "Invalid"}
+
+
 async def _offline_start_rejected_by_the_csms(b: Bench) -> tuple[int, ReceivedMessage]:
     """TC_037_2/3 up to step 2: a transaction started offline for an idTag the charger lets
     through offline (AllowOfflineTxForUnknownId), which the CSMS then answers Invalid."""
@@ -411,7 +388,7 @@ async def _offline_start_rejected_by_the_csms(b: Bench) -> tuple[int, ReceivedMe
     await b.go_offline()
     b.ev(1).plug()
     b.swipe("TAG-INVALID")
-    await b.wait_until(lambda: _local_status(b) == "Charging", what="charging offline")
+    await b.wait_until(lambda: local_status(b) == "Charging", what="charging offline")
     await b.wait_until(lambda: _queue_depth(b) == 1, what="StartTransaction queued")
     assert b.ev(1).snapshot()["power_w"] > 0
     mark = await b.go_online()
@@ -423,14 +400,8 @@ async def _offline_start_rejected_by_the_csms(b: Bench) -> tuple[int, ReceivedMe
 async def test_TC_037_2_offline_start_transaction_invalid_id_tag_stop_on_invalid_id_false(
     tmp_path: Path,
 ) -> None:
-    config = {
-        "LocalAuthorizeOffline": True,
-        "AllowOfflineTxForUnknownId": True,
-        "StopTransactionOnInvalidId": False,
-        "MaxEnergyOnInvalidId": 0,
-    }
-    status = {"TAG-INVALID": "Invalid"}
-    async with bench(tmp_path, ocpp_config=config, id_tag_status=status) as b:
+    config = {**OFFLINE_UNKNOWN_ID, "StopTransactionOnInvalidId": False, "MaxEnergyOnInvalidId": 0}
+    async with bench(tmp_path, ocpp_config=config, id_tag_status=INVALID_TAG) as b:
         mark, start = await _offline_start_rejected_by_the_csms(b)
         # StopTransactionOnInvalidId=false: only the energy delivery stops (SuspendedEVSE);
         # the transaction goes on.
@@ -445,7 +416,7 @@ async def test_TC_037_2_offline_start_transaction_invalid_id_tag_stop_on_invalid
         await b.barrier()
         assert "StopTransaction" not in b.actions(mark)
         assert b.app.charger.connector(1).tx is not None
-        assert _local_status(b) == "SuspendedEVSE"
+        assert local_status(b) == "SuspendedEVSE"
 
 
 async def test_max_energy_on_invalid_id_is_delivered_then_energy_stops(tmp_path: Path) -> None:
@@ -465,9 +436,9 @@ async def test_max_energy_on_invalid_id_is_delivered_then_energy_stops(tmp_path:
         await b.booted()
         await b.start_charging(1, "TAG-CACHED")  # Accepted: now in the cache
         b.swipe("TAG-CACHED")
-        await b.wait_until(lambda: _local_status(b) == "Finishing", what="first session over")
+        await b.wait_until(lambda: local_status(b) == "Finishing", what="first session over")
         b.ev(1).unplug()
-        await b.wait_until(lambda: _local_status(b) == "Available", what="cable out")
+        await b.wait_until(lambda: local_status(b) == "Available", what="cable out")
         b.csms.id_tag_status["TAG-CACHED"] = "Invalid"  # blocked since, at the CSMS
         mark = b.csms.mark()
         b.ev(1).plug()
@@ -494,13 +465,7 @@ async def test_max_energy_on_invalid_id_is_delivered_then_energy_stops(tmp_path:
 async def test_TC_037_3_offline_start_transaction_invalid_id_tag_stop_on_invalid_id_true(
     tmp_path: Path,
 ) -> None:
-    config = {
-        "LocalAuthorizeOffline": True,
-        "AllowOfflineTxForUnknownId": True,
-        "StopTransactionOnInvalidId": True,
-    }
-    status = {"TAG-INVALID": "Invalid"}
-    async with bench(tmp_path, ocpp_config=config, id_tag_status=status) as b:
+    async with bench(tmp_path, ocpp_config=STOP_ON_INVALID_ID, id_tag_status=INVALID_TAG) as b:
         mark, start = await _offline_start_rejected_by_the_csms(b)
         tx = max(b.csms.transaction_ids)
         # StopTransactionOnInvalidId=true: the transaction is stopped, reason DeAuthorized,
@@ -533,13 +498,7 @@ async def test_TC_037_3_offline_start_transaction_invalid_id_tag_stop_on_invalid
 async def test_a_cable_held_after_a_deauthorized_stop_stays_held_across_a_restart(
     tmp_path: Path,
 ) -> None:
-    config = {
-        "LocalAuthorizeOffline": True,
-        "AllowOfflineTxForUnknownId": True,
-        "StopTransactionOnInvalidId": True,
-    }
-    status = {"TAG-INVALID": "Invalid"}
-    async with bench(tmp_path, ocpp_config=config, id_tag_status=status) as b:
+    async with bench(tmp_path, ocpp_config=STOP_ON_INVALID_ID, id_tag_status=INVALID_TAG) as b:
         mark, _start = await _offline_start_rejected_by_the_csms(b)
         await b.csms.wait_for("StopTransaction", after=mark)
         await b.wait_until(lambda: b.app.charger.connector(1).held_for is not None, what="held")
@@ -568,7 +527,7 @@ async def test_TC_038_offline_stop_transaction(tmp_path: Path) -> None:
         await b.go_offline()
         # The EV driver stops the transaction while offline (the card that started it).
         b.swipe("TAG-OK")
-        await b.wait_until(lambda: _local_status(b) == "Finishing", what="stopped offline")
+        await b.wait_until(lambda: local_status(b) == "Finishing", what="stopped offline")
         await b.wait_until(lambda: _queue_depth(b) == 1, what="StopTransaction queued")
         assert b.ev(1).snapshot()["contactor_commanded"] is False
         mark = await b.go_online()
@@ -597,19 +556,19 @@ async def test_TC_039_offline_transaction(tmp_path: Path) -> None:
         # The EV driver starts a transaction offline, stops it offline, unplugs the cable.
         b.ev(1).plug()
         b.swipe("TAG-OFF")
-        await b.wait_until(lambda: _local_status(b) == "Charging", what="charging offline")
+        await b.wait_until(lambda: local_status(b) == "Charging", what="charging offline")
         await b.wait_until(lambda: _queue_depth(b) >= 3, what="meter values queued")
         b.swipe("TAG-OFF")
-        await b.wait_until(lambda: _local_status(b) == "Finishing", what="stopped offline")
+        await b.wait_until(lambda: local_status(b) == "Finishing", what="stopped offline")
         b.ev(1).unplug()
-        await b.wait_until(lambda: _local_status(b) == "Available", what="unplugged")
-        await b.wait_until(lambda: _queued(b)[-1] == "StopTransaction", what="Stop queued")
+        await b.wait_until(lambda: local_status(b) == "Available", what="unplugged")
+        await b.wait_until(lambda: queued_actions(b)[-1] == "StopTransaction", what="Stop queued")
         depth = _queue_depth(b)
         assert "StartTransaction" not in b.actions(mark)
         mark = await b.go_online()
         # 1-2. StartTransaction (Accepted), the meter values, 3-4. StopTransaction.
         stop = await b.csms.wait_for("StopTransaction", after=mark)
-        sent = _tx_messages(b.csms, mark)
+        sent = tx_messages(b.csms, mark)
         assert len(sent) == depth
         assert [m.action for m in sent] == [
             "StartTransaction",
@@ -624,7 +583,7 @@ async def test_TC_039_offline_transaction(tmp_path: Path) -> None:
         assert all(m.payload["transactionId"] == tx for m in sent[1:])
         assert stop.payload.get("reason", "Local") == "Local"
         assert stop.payload["idTag"] == "TAG-OFF"
-        stamps = [_time(m.payload["timestamp"]) for m in (start, stop)]
+        stamps = [utc_time(m.payload["timestamp"]) for m in (start, stop)]
         energies = [_energy_wh(mv) for m in sent[1:-1] for mv in m.payload["meterValue"]]
         assert start.payload["meterStart"] <= energies[0]
         assert energies == sorted(energies)
@@ -663,11 +622,12 @@ async def test_a_stop_transaction_that_fails_is_retried_after_interval_times_att
         assert all(m.payload == attempts[0].payload for m in attempts)
         assert attempts[0].payload["transactionId"] == tx
         # Before attempt n+1: (the timeout, then) TransactionMessageRetryInterval × n: 1 s,
-        # then 2 s. Never earlier; the upper margin leaves room for a loaded machine while
-        # still telling × n from a constant or a doubling interval.
+        # then 2 s. Lower bounds only (a loaded machine makes any delay longer): they tell
+        # × n from no wait and from a constant interval, not from a longer schedule (× 2^n
+        # would be 2 s, then 4 s), which only an upper bound, a flaky one, could.
         gaps = [m2.received_at - m1.received_at for m1, m2 in pairwise(attempts)]
-        assert timeout_s + 0.95 <= gaps[0] <= timeout_s + 1.9, gaps
-        assert timeout_s + 1.95 <= gaps[1] <= timeout_s + 2.9, gaps
+        assert timeout_s + 0.95 <= gaps[0], gaps
+        assert timeout_s + 1.95 <= gaps[1], gaps
         await b.barrier()
         assert len(b.csms.messages("StopTransaction", include_rejected=True)) == 3
         await b.wait_until(lambda: _queue_depth(b) == 0, what="queue drained")
@@ -687,7 +647,7 @@ async def test_stop_transaction_is_given_up_after_the_attempts_and_the_queue_mov
         b.swipe("TAG-OK")
         attempts = await _nth(b.csms, "StopTransaction", 2, after=mark)
         assert all(m.error == "InternalError" for m in attempts)
-        assert 0.95 <= attempts[1].received_at - attempts[0].received_at <= 1.9
+        assert attempts[1].received_at - attempts[0].received_at >= 0.95  # the interval × 1
         # Discarded after TransactionMessageAttempts: the next transaction message goes.
         await b.wait_until(lambda: _queue_depth(b) == 0, what="StopTransaction discarded")
         b.ev(1).unplug()
@@ -696,7 +656,7 @@ async def test_stop_transaction_is_given_up_after_the_attempts_and_the_queue_mov
         await b.start_charging(1, "TAG-NEXT")
         await b.barrier()
         assert len(b.csms.messages("StopTransaction", include_rejected=True)) == 2
-        assert [m.action for m in _tx_messages(b.csms, next_mark)] == ["StartTransaction"]
+        assert [m.action for m in tx_messages(b.csms, next_mark)] == ["StartTransaction"]
 
 
 async def test_messages_behind_a_start_transaction_never_delivered_carry_transaction_id_minus_1(
@@ -717,14 +677,14 @@ async def test_messages_behind_a_start_transaction_never_delivered_carry_transac
         assert all(m.error == "InternalError" for m in starts)
         # The transaction goes on; its meter values follow the discarded StartTransaction.
         first_value = await b.csms.wait_for("MeterValues", after=_index(b, starts[1]) + 1)
-        assert _local_status(b) == "Charging"
+        assert local_status(b) == "Charging"
         b.swipe("TAG-LOST")
         stop = await b.csms.wait_for("StopTransaction", after=_index(b, first_value))
         await b.barrier()
         # Errata 3.18: the StartTransaction could never be delivered, so the follow-up
         # messages carry transactionId -1 (the CSMS never handed out an id).
         assert b.csms.transaction_ids == {}
-        follow_ups = _tx_messages(b.csms, mark)
+        follow_ups = tx_messages(b.csms, mark)
         assert {m.action for m in follow_ups} == {"MeterValues", "StopTransaction"}
         assert all(m.payload["transactionId"] == -1 for m in follow_ups), [
             m.payload for m in follow_ups
@@ -750,7 +710,7 @@ async def test_a_start_transaction_retried_successfully_gives_its_id_to_the_mess
         await b.csms.wait_for("MeterValues", after=_index(b, starts[1]) + 1)
         b.swipe("TAG-RETRY")
         stop = await b.csms.wait_for("StopTransaction", after=mark)
-        follow_ups = _tx_messages(b.csms, _index(b, starts[1]) + 1)
+        follow_ups = tx_messages(b.csms, _index(b, starts[1]) + 1)
         assert follow_ups and all(m.payload["transactionId"] == tx for m in follow_ups)
         assert stop.payload["transactionId"] == tx
 
@@ -781,7 +741,7 @@ async def test_a_connection_lost_while_an_answered_message_is_forgotten_stalls_n
         release.set()
         # Stopped offline; delivered once back online, and the queue drains.
         b.swipe("TAG-OK")
-        await b.wait_until(lambda: _queued(b) == ["StopTransaction"], what="Stop queued")
+        await b.wait_until(lambda: queued_actions(b) == ["StopTransaction"], what="Stop queued")
         mark = await b.go_online()
         stop = await b.csms.wait_for("StopTransaction", after=mark)
         assert stop.payload["transactionId"] == max(b.csms.transaction_ids)

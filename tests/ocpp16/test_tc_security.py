@@ -33,8 +33,15 @@ from evse_daemon.bench.csms import Handshake
 from evse_daemon.config import load_config
 from evse_daemon.ocpp16.security import TLS12_CIPHERS
 from tests import pki
-from tests.harness import Bench, bench, config_value, write_config
-from tests.ocpp16.test_clock_untrusted import SLACK, STALE, stale_clock
+from tests.harness import (
+    SLACK,
+    STALE,
+    Bench,
+    bench,
+    config_value,
+    stale_clock,
+    write_config,
+)
 
 CP = "CP-TEST-1"
 PASSWORD = "0123456789abcdef0123"  # 20 characters: the whitepaper's hex AuthorizationKey

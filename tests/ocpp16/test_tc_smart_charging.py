@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -35,15 +34,20 @@ import pytest
 from ocpp.exceptions import OCPPError
 from ocpp.v16 import call
 
-from tests.harness import Bench, bench, config_value
+from tests.harness import (
+    RATING_A,
+    Bench,
+    Periods,
+    bench,
+    charging_profile,
+    config_value,
+    set_charging_profile,
+)
 
-# The harness's connectors: 32 A, three phases, 230 V nominal.
-RATING_A = 32.0
+# The harness's connectors: RATING_A, three phases, 230 V nominal.
 VOLTAGE_V = 230.0
 # The OCA tool's <Configured max time deviation> between scheduleStart and the request.
 MAX_TIME_DEVIATION_S = 5.0
-
-Periods = Sequence[tuple[int, float]]
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -54,68 +58,10 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _parse(value: str) -> datetime:
     moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     assert moment.tzinfo is not None, f"dateTime {value!r} has no time zone"
     return moment.astimezone(UTC)
-
-
-def _profile(
-    profile_id: int,
-    purpose: str,
-    periods: Periods,
-    *,
-    stack_level: int = 0,
-    kind: str = "Absolute",
-    start: datetime | None = None,
-    duration: int | None = None,
-    transaction_id: int | None = None,
-    valid_from: datetime | None = None,
-    valid_to: datetime | None = None,
-    unit: str = "A",
-    number_phases: int | None = None,
-) -> dict[str, Any]:
-    """A csChargingProfiles / chargingProfile object, camelCase as on the wire (the library's
-    snake_to_camel_case leaves camelCase keys as they are)."""
-    schedule: dict[str, Any] = {"chargingRateUnit": unit}
-    if duration is not None:
-        schedule["duration"] = duration
-    if start is not None:
-        schedule["startSchedule"] = _iso(start)
-    schedule["chargingSchedulePeriod"] = [
-        {"startPeriod": start_period, "limit": float(limit)}
-        | ({} if number_phases is None else {"numberPhases": number_phases})
-        for start_period, limit in periods
-    ]
-    profile: dict[str, Any] = {
-        "chargingProfileId": profile_id,
-        "stackLevel": stack_level,
-        "chargingProfilePurpose": purpose,
-        "chargingProfileKind": kind,
-        "chargingSchedule": schedule,
-    }
-    if transaction_id is not None:
-        profile["transactionId"] = transaction_id
-    if valid_from is not None:
-        profile["validFrom"] = _iso(valid_from)
-    if valid_to is not None:
-        profile["validTo"] = _iso(valid_to)
-    return profile
-
-
-async def _set(b: Bench, connector_id: int, profile: dict[str, Any]) -> str:
-    """SetChargingProfile: its status, or the code of the CALLERROR it was answered with."""
-    try:
-        result = await b.csms.call(
-            call.SetChargingProfile(connector_id=connector_id, cs_charging_profiles=profile)
-        )
-    except OCPPError as exc:
-        return str(exc.code)
-    return str(result.status)
 
 
 async def _clear(b: Bench, **fields: Any) -> str:
@@ -255,7 +201,7 @@ async def test_TC_056_central_smart_charging_tx_default_profile(tmp_path: Path) 
         start = _now()
         nominal = [(0, 6.0), (60, 10.0), (120, 8.0), (300, RATING_A)]
         # 1-2. SetChargingProfile: a TxDefaultProfile for the connector, no transaction yet.
-        profile = _profile(
+        profile = charging_profile(
             1,
             "TxDefaultProfile",
             nominal[:-1],
@@ -264,7 +210,7 @@ async def test_TC_056_central_smart_charging_tx_default_profile(tmp_path: Path) 
             valid_from=start,
             valid_to=start + timedelta(days=3),
         )
-        assert await _set(b, 1, profile) == "Accepted"
+        assert await set_charging_profile(b, 1, profile) == "Accepted"
         # Installed, waiting for a transaction: nothing is offered without one.
         assert b.app.limit_decisions[1].limit_a == 6.0
         assert b.app.limit_decisions[1].binding == "ocpp"
@@ -284,7 +230,7 @@ async def test_TC_057_central_smart_charging_tx_profile(tmp_path: Path) -> None:
         start = _now()
         nominal = [(0, 10.0), (60, 16.0), (120, 8.0), (260, RATING_A)]
         # 1-2. SetChargingProfile: a TxProfile for the running transaction: Accepted.
-        profile = _profile(
+        profile = charging_profile(
             3,
             "TxProfile",
             nominal[:-1],
@@ -294,7 +240,7 @@ async def test_TC_057_central_smart_charging_tx_profile(tmp_path: Path) -> None:
             valid_from=start,
             valid_to=start + timedelta(days=3),
         )
-        assert await _set(b, 1, profile) == "Accepted"
+        assert await set_charging_profile(b, 1, profile) == "Accepted"
         # Applied at once to the running transaction.
         await _charging_at(b, 1, 10.0)
         await _check_composite(b, 1, 300, start, nominal)
@@ -307,8 +253,13 @@ async def test_TC_058_1_tx_profile_without_ongoing_transaction(tmp_path: Path) -
         # 1-2. SetChargingProfile: a TxProfile (with a transactionId) while no transaction
         # runs: Rejected, or CALLERROR PropertyConstraintViolation. Its transactionId is the
         # one the CSMS hands out next, so a profile kept anyway would catch that transaction.
-        profile = _profile(3, "TxProfile", [(0, 6.0)], transaction_id=1, start=start, duration=3600)
-        assert await _set(b, 1, profile) in ("Rejected", "PropertyConstraintViolation")
+        profile = charging_profile(
+            3, "TxProfile", [(0, 6.0)], transaction_id=1, start=start, duration=3600
+        )
+        assert await set_charging_profile(b, 1, profile) in (
+            "Rejected",
+            "PropertyConstraintViolation",
+        )
         # The charge point rejects it: nothing is installed, nothing limits the next session.
         assert await _clear(b) == "Unknown"
         await _check_composite(b, 1, 60, start, [(0, RATING_A)])
@@ -325,10 +276,13 @@ async def test_TC_058_2_tx_profile_with_wrong_transaction_id(tmp_path: Path) -> 
         mark = b.csms.mark()
         # 1-2. SetChargingProfile: a TxProfile for a transaction that is not the one running:
         # Rejected, or CALLERROR PropertyConstraintViolation.
-        profile = _profile(
+        profile = charging_profile(
             3, "TxProfile", [(0, 6.0)], transaction_id=tx + 1000, start=start, duration=3600
         )
-        assert await _set(b, 1, profile) in ("Rejected", "PropertyConstraintViolation")
+        assert await set_charging_profile(b, 1, profile) in (
+            "Rejected",
+            "PropertyConstraintViolation",
+        )
         await b.barrier()
         # The running transaction goes on, unlimited.
         assert "StopTransaction" not in b.actions(mark)
@@ -353,7 +307,7 @@ async def test_TC_059_remote_start_transaction_with_charging_profile(
         pilot_commands = len(b.ev(1).pilot.history)
         start = _now()
         nominal = [(0, 8.0), (120, 13.0), (300, RATING_A)]
-        profile = _profile(
+        profile = charging_profile(
             1,
             "TxProfile",
             nominal[:-1],
@@ -388,7 +342,7 @@ async def test_remote_start_profile_belongs_to_the_transaction_it_starts(tmp_pat
         mark = b.csms.mark()
         b.ev(1).plug()
         await b.wait_status(1, "Preparing", after=mark)
-        profile = _profile(1, "TxProfile", [(0, 8.0)], kind="Relative")
+        profile = charging_profile(1, "TxProfile", [(0, 8.0)], kind="Relative")
         result = await b.csms.call(
             call.RemoteStartTransaction(id_tag="TAG-OK", connector_id=1, charging_profile=profile)
         )
@@ -425,7 +379,7 @@ async def test_TC_060_remote_start_transaction_with_charging_profile_rejected(
         b.ev(1).plug()
         await b.wait_status(1, "Preparing", after=mark)
         start = _now()
-        profile = _profile(1, purpose, [(0, 6.0)], start=start, duration=3600)
+        profile = charging_profile(1, purpose, [(0, 6.0)], start=start, duration=3600)
         # 1-2. RemoteStartTransaction whose chargingProfile is not a TxProfile: Rejected, or
         # CALLERROR PropertyConstraintViolation.
         try:
@@ -471,7 +425,7 @@ async def test_TC_066_get_composite_schedule(tmp_path: Path) -> None:
         # for a day. (The page's other two profiles were cut off: a TxDefaultProfile and a
         # TxProfile of 5 periods each, stackLevel 0, both Absolute from now, with the values
         # EVerest's OCTT-derived suite uses for this case.)
-        cp_max = _profile(
+        cp_max = charging_profile(
             1,
             "ChargePointMaxProfile",
             [(0, 10.0)],
@@ -480,7 +434,7 @@ async def test_TC_066_get_composite_schedule(tmp_path: Path) -> None:
             valid_from=start,
             valid_to=valid_to,
         )
-        tx_default = _profile(
+        tx_default = charging_profile(
             2,
             "TxDefaultProfile",
             [(0, 6.0), (60, 10.0), (120, 8.0), (180, 25.0), (260, 8.0)],
@@ -489,7 +443,7 @@ async def test_TC_066_get_composite_schedule(tmp_path: Path) -> None:
             valid_from=start,
             valid_to=valid_to,
         )
-        tx_profile = _profile(
+        tx_profile = charging_profile(
             3,
             "TxProfile",
             [(0, 8.0), (50, 11.0), (140, 16.0), (200, 6.0), (240, 12.0)],
@@ -499,9 +453,9 @@ async def test_TC_066_get_composite_schedule(tmp_path: Path) -> None:
             valid_from=start,
             valid_to=valid_to,
         )
-        assert await _set(b, 0, cp_max) == "Accepted"
-        assert await _set(b, 1, tx_default) == "Accepted"
-        assert await _set(b, 1, tx_profile) == "Accepted"
+        assert await set_charging_profile(b, 0, cp_max) == "Accepted"
+        assert await set_charging_profile(b, 1, tx_default) == "Accepted"
+        assert await set_charging_profile(b, 1, tx_profile) == "Accepted"
         # The TxProfile rules the transaction, under the charge point's 10 A.
         await _charging_at(b, 1, 8.0)
         # 1-2. GetCompositeSchedule, 400 s: the minimum of the ChargePointMaxProfile and of
@@ -528,21 +482,25 @@ async def test_TC_067_clear_charging_profile(tmp_path: Path) -> None:
         # then a ChargePointMaxProfile and a TxProfile, so that each clear has a visible effect.
         tx_default = [(0, 6.0), (60, 8.0), (200, 10.0)]
         assert (
-            await _set(
+            await set_charging_profile(
                 b,
                 1,
-                _profile(
+                charging_profile(
                     1, "TxDefaultProfile", tx_default, stack_level=1, start=start, duration=400
                 ),
             )
             == "Accepted"
         )
         assert (
-            await _set(b, 0, _profile(2, "ChargePointMaxProfile", [(0, 16.0)], start=start))
+            await set_charging_profile(
+                b, 0, charging_profile(2, "ChargePointMaxProfile", [(0, 16.0)], start=start)
+            )
             == "Accepted"
         )
         assert (
-            await _set(b, 1, _profile(3, "TxProfile", [(0, 12.0)], transaction_id=tx, start=start))
+            await set_charging_profile(
+                b, 1, charging_profile(3, "TxProfile", [(0, 12.0)], transaction_id=tx, start=start)
+            )
             == "Accepted"
         )
         await _charging_at(b, 1, 12.0)  # the TxProfile, under the 16 A maximum
@@ -591,7 +549,7 @@ async def test_TC_072_stacking_charging_profiles(tmp_path: Path) -> None:
         # Memory state: two TxDefaultProfiles of the connector, stackLevel 0 for 400 s and
         # stackLevel 1 for 150 s (the page was cut in profile 2: its limits, 7 A then 9 A
         # from 100 s, are ours).
-        low = _profile(
+        low = charging_profile(
             1,
             "TxDefaultProfile",
             [(0, 6.0), (100, 8.0), (200, 10.0)],
@@ -601,7 +559,7 @@ async def test_TC_072_stacking_charging_profiles(tmp_path: Path) -> None:
             valid_from=start,
             valid_to=valid_to,
         )
-        high = _profile(
+        high = charging_profile(
             2,
             "TxDefaultProfile",
             [(0, 7.0), (100, 9.0)],
@@ -611,8 +569,8 @@ async def test_TC_072_stacking_charging_profiles(tmp_path: Path) -> None:
             valid_from=start,
             valid_to=valid_to,
         )
-        assert await _set(b, 1, low) == "Accepted"
-        assert await _set(b, 1, high) == "Accepted"
+        assert await set_charging_profile(b, 1, low) == "Accepted"
+        assert await set_charging_profile(b, 1, high) == "Accepted"
         await b.start_charging(1, "TAG-OK")
         # The higher stack level rules while it lasts...
         await _charging_at(b, 1, 7.0)
@@ -620,7 +578,7 @@ async def test_TC_072_stacking_charging_profiles(tmp_path: Path) -> None:
         await _check_composite(b, 1, 350, start, [(0, 7.0), (100, 9.0), (150, 8.0), (200, 10.0)])
         # A third, higher stack level valid for two seconds only: it rules at once, and the
         # stack falls back to level 1 when its validTo passes.
-        brief = _profile(
+        brief = charging_profile(
             3,
             "TxDefaultProfile",
             [(0, 12.0)],
@@ -629,7 +587,7 @@ async def test_TC_072_stacking_charging_profiles(tmp_path: Path) -> None:
             valid_from=start,
             valid_to=datetime.now(UTC) + timedelta(seconds=2),
         )
-        assert await _set(b, 1, brief) == "Accepted"
+        assert await set_charging_profile(b, 1, brief) == "Accepted"
         await _charging_at(b, 1, 12.0)
         await _offered(b, 1, 7.0, timeout_s=6.0)
         await _charging_at(b, 1, 7.0)
@@ -643,7 +601,7 @@ async def test_TC_082_tx_default_profile_with_ongoing_transaction(tmp_path: Path
         start = _now()
         nominal = [(0, 6.0), (60, 10.0), (120, 8.0), (300, RATING_A)]
         # 1-2. SetChargingProfile: a TxDefaultProfile while the transaction runs: Accepted.
-        profile = _profile(
+        profile = charging_profile(
             3,
             "TxDefaultProfile",
             nominal[:-1],
@@ -652,7 +610,7 @@ async def test_TC_082_tx_default_profile_with_ongoing_transaction(tmp_path: Path
             valid_from=start,
             valid_to=start + timedelta(days=3),
         )
-        assert await _set(b, 1, profile) == "Accepted"
+        assert await set_charging_profile(b, 1, profile) == "Accepted"
         # It applies at once to the running transaction, which has no profile of its own.
         await _charging_at(b, 1, 6.0)
         # 3-4. GetCompositeSchedule: the new default.
@@ -687,16 +645,24 @@ async def test_smart_charging_configuration_and_refusals(tmp_path: Path) -> None
         start = _now()
         limit = [(0, 6.0)]
         # An unknown connector: CALLERROR PropertyConstraintViolation.
-        unknown = _profile(1, "TxDefaultProfile", limit, start=start)
-        assert await _set(b, 9, unknown) == "PropertyConstraintViolation"
+        unknown = charging_profile(1, "TxDefaultProfile", limit, start=start)
+        assert await set_charging_profile(b, 9, unknown) == "PropertyConstraintViolation"
         refused = [
-            (0, _profile(2, "TxProfile", limit, start=start)),  # TxProfile on connector 0
-            (1, _profile(3, "ChargePointMaxProfile", limit, start=start)),  # not connector 0
-            (1, _profile(4, "TxDefaultProfile", limit, stack_level=9, start=start)),
-            (1, _profile(5, "TxDefaultProfile", [(i * 60, 6.0) for i in range(25)], start=start)),
+            (0, charging_profile(2, "TxProfile", limit, start=start)),  # TxProfile on connector 0
+            (
+                1,
+                charging_profile(3, "ChargePointMaxProfile", limit, start=start),
+            ),  # not connector 0
+            (1, charging_profile(4, "TxDefaultProfile", limit, stack_level=9, start=start)),
+            (
+                1,
+                charging_profile(
+                    5, "TxDefaultProfile", [(i * 60, 6.0) for i in range(25)], start=start
+                ),
+            ),
         ]
         for connector_id, profile in refused:
-            outcome = await _set(b, connector_id, profile)
+            outcome = await set_charging_profile(b, connector_id, profile)
             assert outcome in ("Rejected", "PropertyConstraintViolation"), profile
         # None of them was kept.
         assert await _clear(b) == "Unknown"
@@ -714,17 +680,19 @@ async def test_power_limit_is_converted_to_amps_per_phase(tmp_path: Path) -> Non
         await b.start_charging(1, "TAG-OK")
         start = _now()
         # 11040 W over three phases of 230 V: 16 A per phase.
-        three_phase = _profile(1, "TxDefaultProfile", [(0, 11040.0)], kind="Relative", unit="W")
-        assert await _set(b, 1, three_phase) == "Accepted"
+        three_phase = charging_profile(
+            1, "TxDefaultProfile", [(0, 11040.0)], kind="Relative", unit="W"
+        )
+        assert await set_charging_profile(b, 1, three_phase) == "Accepted"
         await _charging_at(b, 1, 16.0)
         await _check_composite(b, 1, 60, start, [(0, 16.0)])
         await _check_composite(b, 1, 60, start, [(0, 11040.0)], unit="W")
         # The same profile (same id: it replaces the first) on one phase: 48 A, more than the
         # connector's 32 A rating, which binds.
-        one_phase = _profile(
+        one_phase = charging_profile(
             1, "TxDefaultProfile", [(0, 11040.0)], kind="Relative", unit="W", number_phases=1
         )
-        assert await _set(b, 1, one_phase) == "Accepted"
+        assert await set_charging_profile(b, 1, one_phase) == "Accepted"
         await _charging_at(b, 1, RATING_A)
         status = _connector_status(b, 1)
         assert status["limit_binding"] == "rating"
@@ -741,29 +709,28 @@ async def test_limit_below_minimum_suspends_and_resumes_the_session(tmp_path: Pa
         mark = b.csms.mark()
         start = datetime.now(UTC)
         started = time.monotonic()
-        profile = _profile(
+        profile = charging_profile(
             1, "TxProfile", [(0, 10.0), (2, 0.0), (4, 16.0)], transaction_id=tx, start=start
         )
-        assert await _set(b, 1, profile) == "Accepted"
+        assert await set_charging_profile(b, 1, profile) == "Accepted"
         await _charging_at(b, 1, 10.0)
         # 2 s: 0 A. SuspendedEVSE, the pilot steady at +12 V with no PWM...
         suspended = await b.wait_status(1, "SuspendedEVSE", after=mark)
-        assert 1.5 <= suspended.received_at - started <= 5.0
-        await b.wait_until(
-            lambda: b.ev(1).snapshot()["pilot_output"] == "steady", 1.0, what="PWM off"
-        )
+        # Not before its period (lower bounds only: a loaded machine only makes it later).
+        assert suspended.received_at - started >= 1.5
+        await b.wait_until(lambda: b.ev(1).snapshot()["pilot_output"] == "steady", what="PWM off")
         snap = b.ev(1).snapshot()
         assert snap["offered_a"] == 0.0
         # ...so the EV goes back to B and the contactor opens.
         await b.wait_until(
-            lambda: b.ev(1).snapshot()["contactor_commanded"] is False, 2.0, what="contactor open"
+            lambda: b.ev(1).snapshot()["contactor_commanded"] is False, what="contactor open"
         )
         snap = b.ev(1).snapshot()
         assert (snap["ev_state"], snap["power_w"]) == ("B", 0.0)
         assert _connector_status(b, 1)["limit_a"] == 0.0
         # 4 s: 16 A. PWM again, the EV asks for energy, Charging.
         resumed = await b.wait_status(1, "Charging", after=mark)
-        assert 3.5 <= resumed.received_at - started <= 8.0
+        assert resumed.received_at - started >= 3.5  # not before its period
         await _charging_at(b, 1, 16.0)
         # (SuspendedEV in between, if at all: PWM is back and the EV has not yet gone to C.)
         assert b.statuses(1, after=mark) in (
@@ -782,12 +749,12 @@ async def test_tx_default_profile_of_connector_0_applies_to_every_connector(
     async with bench(tmp_path, connectors=2) as b:
         await b.booted()
         start = _now()
-        assert await _set(b, 0, _profile(1, "TxDefaultProfile", [(0, 10.0)], start=start)) == (
-            "Accepted"
-        )
-        assert await _set(b, 2, _profile(2, "TxDefaultProfile", [(0, 8.0)], start=start)) == (
-            "Accepted"
-        )
+        assert await set_charging_profile(
+            b, 0, charging_profile(1, "TxDefaultProfile", [(0, 10.0)], start=start)
+        ) == ("Accepted")
+        assert await set_charging_profile(
+            b, 2, charging_profile(2, "TxDefaultProfile", [(0, 8.0)], start=start)
+        ) == ("Accepted")
         await b.start_charging(1, "TAG-1")
         await b.start_charging(2, "TAG-2")
         await _charging_at(b, 1, 10.0)
@@ -809,8 +776,8 @@ async def test_connectors_share_a_budget_fairly(tmp_path: Path, budget: str) -> 
     async with context as b:
         await b.booted()
         if budget == "charge_point_max":
-            cp_max = _profile(1, "ChargePointMaxProfile", [(0, 20.0)], start=_now())
-            assert await _set(b, 0, cp_max) == "Accepted"
+            cp_max = charging_profile(1, "ChargePointMaxProfile", [(0, 20.0)], start=_now())
+            assert await set_charging_profile(b, 0, cp_max) == "Accepted"
         await b.start_charging(1, "TAG-1")
         await _charging_at(b, 1, 20.0)
         assert b.app.limit_decisions[1].binding == budget
@@ -842,14 +809,14 @@ async def test_profiles_persist_across_a_restart_but_tx_profiles_end_with_their_
         await b.booted()
         tx = await b.start_charging(1, "TAG-OK")
         start = _now()
-        assert await _set(b, 0, _profile(1, "ChargePointMaxProfile", [(0, 12.0)], start=start)) == (
-            "Accepted"
-        )
-        assert await _set(b, 1, _profile(2, "TxDefaultProfile", [(0, 16.0)], start=start)) == (
-            "Accepted"
-        )
-        tx_profile = _profile(3, "TxProfile", [(0, 8.0)], transaction_id=tx, start=start)
-        assert await _set(b, 1, tx_profile) == "Accepted"
+        assert await set_charging_profile(
+            b, 0, charging_profile(1, "ChargePointMaxProfile", [(0, 12.0)], start=start)
+        ) == ("Accepted")
+        assert await set_charging_profile(
+            b, 1, charging_profile(2, "TxDefaultProfile", [(0, 16.0)], start=start)
+        ) == ("Accepted")
+        tx_profile = charging_profile(3, "TxProfile", [(0, 8.0)], transaction_id=tx, start=start)
+        assert await set_charging_profile(b, 1, tx_profile) == "Accepted"
         await _charging_at(b, 1, 8.0)
         # The transaction ends: its TxProfile with it.
         mark = b.csms.mark()
